@@ -1,0 +1,31 @@
+"""Shared test setup: `cuda` marker skips without a GPU; every test gets a fresh random seed."""
+import os
+import random
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    """Seed torch from fresh entropy for every test (FFAVATAR_SEED=n reproduces a failure)."""
+    seed = int(os.environ.get("FFAVATAR_SEED", random.SystemRandom().randrange(2**31)))
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
+    yield seed
+
+
+def pytest_runtest_makereport(item, call):
+    if call.when == "call" and call.excinfo is not None:
+        for k, v in item.user_properties:
+            if k == "seed":
+                item.add_report_section("call", "seed", f"FFAVATAR_SEED={v} reproduces this run")
