@@ -17,6 +17,9 @@ CUDA_INC=$(dirname "$(dirname "$(command -v "$NVCC")")")/include
 [ -d "$CUDA_INC/cub" ] || CUDA_INC=/usr/local/cuda/include
 TORCH_INC=$("$PY" -c "from torch.utils import cpp_extension as c; print(' '.join('-I'+p for p in c.include_paths()))")
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# A CPU torch wheel lacks the one generated c10/cuda header; an empty stand-in is enough to
+# syntax-check the glue (a CUDA torch has the real one).
+mkdir -p "$tmp/shim/c10/cuda/impl"; echo '#pragma once' > "$tmp/shim/c10/cuda/impl/cuda_cmake_macros.h"
 n=0
 for f in "${files[@]}"; do
   case "$f" in
@@ -28,7 +31,7 @@ for f in "${files[@]}"; do
       ;;
     *_cuda.cpp)
       echo "g++ -fsyntax-only $f"
-      g++ -std=c++17 -fsyntax-only -DFFAVATAR_WITH_CUDA=1 -Icsrc $TORCH_INC -I"$CUDA_INC" "$f"
+      g++ -std=c++20 -fsyntax-only -DFFAVATAR_WITH_CUDA=1 -Icsrc $TORCH_INC -I"$CUDA_INC" -idirafter "$tmp/shim" "$f"
       ;;
   esac
   n=$((n + 1))

@@ -5,6 +5,10 @@ import random
 import pytest
 import torch
 
+# Without a GPU, run the Triton kernels in the interpreter (must be set before triton is imported).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
