@@ -11,7 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
-STAGES=${STAGES:-"build tests bench"}
+STAGES=${STAGES:-"build tests sanitize bench"}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} CMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES:-90}
 export FFAVATAR_COMMIT=${FFAVATAR_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -52,6 +52,16 @@ if [[ $STAGES == *tests* ]]; then
   timeout ${TEST_TIMEOUT:-300} "$PY" -m pytest tests -m cuda -q -rfE -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} \
     --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [[ $STAGES == *sanitize* ]]; then
+  for tool in memcheck racecheck; do
+    stamp "compute-sanitizer $tool"
+    what=$([ $tool = memcheck ] && echo attention || echo cuda-only)  # racecheck: our CUDA kernels only
+    timeout 180 compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 "$PY" scripts/sanitize_smoke.py $what \
+      > "$OUT/sanitize_$tool.log" 2>&1; rc=$?
+    tail -4 "$OUT/sanitize_$tool.log"; [ $rc -eq 0 ] || { echo "SANITIZER $tool rc=$rc"; status=1; }
+  done
 fi
 
 if [[ $STAGES == *bench* ]]; then

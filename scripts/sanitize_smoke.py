@@ -1,0 +1,54 @@
+"""Run every CUDA op once, forward and backward, on small inputs: the program that
+`compute-sanitizer --tool memcheck|racecheck` watches in scripts/gpu_check.sh (stage `sanitize`)."""
+import torch
+
+import ffavatar_kernels as fk
+
+
+def lbs_inputs(dev, B=2, V=300, J=5, S=20):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).to(dev)
+    W = torch.rand(V, J, generator=g).to(dev)
+    return dict(
+        betas=r(B, S).requires_grad_(), pose=(0.3 * r(B, J * 3)).requires_grad_(),
+        v_template=r(V, 3), shapedirs=0.1 * r(V, 3, S), posedirs=0.01 * r((J - 1) * 9, V * 3),
+        J_regressor=torch.softmax(r(J, V), 1), parents=torch.tensor([-1, 0, 1, 1, 1], device=dev),
+        lbs_weights=W / W.sum(1, keepdim=True))
+
+
+def main(which):
+    dev = "cuda"
+    a = lbs_inputs(dev)
+    v, j = fk.flame_lbs(*a.values())
+    (v.square().sum() + j.sum()).backward()
+    N = 1000
+    idx = torch.randint(0, 300, (N, 4), device=dev)
+    w = torch.rand(N, 4, device=dev); w = w / w.sum(1, keepdim=True)
+    off = (0.01 * torch.randn(N, 3, device=dev)).requires_grad_()
+    q = torch.randn(N, 4, device=dev).requires_grad_()
+    m, qq = fk.skin_gaussians(*a.values(), idx, w, off, q)
+    (m.square().sum() + qq.sum()).backward()
+
+    means = (torch.randn(N, 3, device=dev) * 0.3 + torch.tensor([0, 0, 3.0], device=dev)).requires_grad_()
+    quats = torch.randn(N, 4, device=dev).requires_grad_()
+    scales = (torch.rand(N, 3, device=dev) * 0.05 + 0.01).requires_grad_()
+    opac = torch.rand(N, device=dev).requires_grad_()
+    cols = torch.rand(N, 3, device=dev).requires_grad_()
+    view = torch.eye(4, device=dev)[None].repeat(2, 1, 1)
+    K = torch.tensor([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]], device=dev)[None].repeat(2, 1, 1)
+    img, alpha, _ = fk.rasterize(means, quats, scales, opac, cols, view, K, 100, 80, render_mode="RGB+ED")
+    (img.square().sum() + alpha.sum()).backward()
+
+    if "attention" not in which:
+        torch.cuda.synchronize(); print("sanitize_smoke: lbs, rasterize ran"); return
+    qa = torch.randn(2, 4, 200, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    ka = torch.randn(2, 4, 150, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    va = torch.randn(2, 4, 150, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    fk.cross_attention(qa, ka, va).float().square().sum().backward()
+    torch.cuda.synchronize()
+    print("sanitize_smoke: all ops ran")
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:] or ["attention"])
