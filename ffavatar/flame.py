@@ -1,0 +1,362 @@
+"""FLAME model files: the :class:`FlameModel` container and loaders for ``.pkl`` and ``.npz`` files.
+
+FLAME (Li et al. 2017) is licensed and may not be redistributed, so the library loads a user's own
+``generic_model.pkl`` (FLAME 2020 / 2023) or an ``.npz`` export, and ships a procedural stand-in
+with the same structure (:func:`ffavatar.synthetic.synthetic_head`).
+
+File formats
+------------
+``.pkl`` -- the official Python-2 era pickle (read with ``encoding="latin1"``). Keys used:
+
+==================  ==================================  ========================================
+key                 shape / type                        meaning
+==================  ==================================  ========================================
+``v_template``      [V,3] float                         template (mean) mesh
+``shapedirs``       [V,3,S] float (a chumpy ``Ch``)     shape then expression blendshapes
+``posedirs``        [V,3,P] float, P=(J-1)*9             pose-corrective blendshapes
+``J_regressor``     [J,V] ``scipy.sparse`` or dense      joint regressor
+``weights``         [V,J] float                         linear-blend-skinning weights
+``kintree_table``   [2,J] int                           row 0: parent of each joint (root 2**32-1)
+``f``               [F,3] int                           triangles
+==================  ==================================  ========================================
+
+chumpy objects are unpickled *without* chumpy: a custom unpickler maps every ``chumpy.*`` class to a
+stand-in that captures the pickled state and the array it holds (``state["x"]``). Other keys
+(``J``, ``bs_style``, ``bs_type``, ...) are ignored.
+
+``.npz`` -- the same keys and shapes as the pickle (``np.savez``), plus optional
+``vertex_colors`` [V,3] in [0,1], ``n_shape`` and ``n_expr`` (scalars). ``posedirs`` may also be
+stored in the smplx layout [P,V*3] and ``J_regressor`` as dense [J,V]. :func:`save_flame_npz`
+writes this format.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["FlameModel", "FlameFileError", "load_flame", "save_flame_npz"]
+
+
+class FlameFileError(ValueError):
+    """A FLAME model file is missing, unreadable or malformed (names the file and the key)."""
+
+
+@dataclasses.dataclass
+class FlameModel:
+    """FLAME-structured head model: every array the LBS kernels take, as torch tensors.
+
+    Attributes (V vertices, J joints, S = n_shape + n_expr blendshapes, P = (J-1)*9, F faces):
+        v_template:    [V,3] float, template mesh.
+        shapedirs:     [V,3,S] float, shape components first, then expression components.
+        posedirs:      [P,V*3] float, pose correctives in the smplx layout
+                       (``pose_offsets = (pose_feature [B,P] @ posedirs).view(B,V,3)``).
+        J_regressor:   [J,V] float, dense joint regressor.
+        parents:       [J] int64, parent joint of each joint, -1 for the root.
+        lbs_weights:   [V,J] float, skinning weights (rows sum to 1).
+        faces:         [F,3] int64, triangles.
+        vertex_colors: optional [V,3] float in [0,1].
+        n_shape:       number of shape components (the first ``n_shape`` of S).
+        n_expr:        number of expression components (the last ``n_expr`` of S).
+    """
+
+    v_template: torch.Tensor
+    shapedirs: torch.Tensor
+    posedirs: torch.Tensor
+    J_regressor: torch.Tensor
+    parents: torch.Tensor
+    lbs_weights: torch.Tensor
+    faces: torch.Tensor
+    vertex_colors: torch.Tensor | None = None
+    n_shape: int = 300
+    n_expr: int = 100
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # --- validation --------------------------------------------------------------------------
+    def _validate(self) -> None:
+        for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "parents", "lbs_weights", "faces"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise TypeError(f"FlameModel.{name}: expected a torch.Tensor, got {type(getattr(self, name)).__name__}")
+        vt = self.v_template
+        if vt.dim() != 2 or vt.shape[1] != 3:
+            raise ValueError(f"FlameModel.v_template: expected shape [V,3], got {list(vt.shape)}")
+        if not vt.is_floating_point():
+            raise TypeError(f"FlameModel.v_template: expected a floating dtype, got {vt.dtype}")
+        V = vt.shape[0]
+        dt = vt.dtype
+        par = self.parents
+        if par.dim() != 1 or par.numel() == 0:
+            raise ValueError(f"FlameModel.parents: expected shape [J] with J >= 1, got {list(par.shape)}")
+        if par.dtype != torch.int64:
+            raise TypeError(f"FlameModel.parents: expected dtype int64, got {par.dtype}")
+        J = par.shape[0]
+        S = self.shapedirs.shape[-1] if self.shapedirs.dim() == 3 else -1
+        P = (J - 1) * 9
+        expect = {
+            "shapedirs": (V, 3, S),
+            "posedirs": (P, V * 3),
+            "J_regressor": (J, V),
+            "lbs_weights": (V, J),
+        }
+        for name, shape in expect.items():
+            t = getattr(self, name)
+            if tuple(t.shape) != shape or S < 0:
+                want = "[V,3,S]" if name == "shapedirs" else str(list(shape))
+                raise ValueError(f"FlameModel.{name}: expected shape {want} (V={V}, J={J}), got {list(t.shape)}")
+            if t.dtype != dt:
+                raise TypeError(f"FlameModel.{name}: expected dtype {dt} (that of v_template), got {t.dtype}")
+        f = self.faces
+        if f.dim() != 2 or f.shape[1] != 3:
+            raise ValueError(f"FlameModel.faces: expected shape [F,3], got {list(f.shape)}")
+        if f.dtype != torch.int64:
+            raise TypeError(f"FlameModel.faces: expected dtype int64, got {f.dtype}")
+        if self.vertex_colors is not None:
+            vc = self.vertex_colors
+            if not isinstance(vc, torch.Tensor):
+                raise TypeError(f"FlameModel.vertex_colors: expected a torch.Tensor or None, got {type(vc).__name__}")
+            if tuple(vc.shape) != (V, 3):
+                raise ValueError(f"FlameModel.vertex_colors: expected shape [{V},3], got {list(vc.shape)}")
+            if vc.dtype != dt:
+                raise TypeError(f"FlameModel.vertex_colors: expected dtype {dt}, got {vc.dtype}")
+        if int(self.n_shape) < 0 or int(self.n_expr) < 0 or int(self.n_shape) + int(self.n_expr) != S:
+            raise ValueError(
+                f"FlameModel: n_shape + n_expr must equal the number of blendshapes S={S}, "
+                f"got n_shape={self.n_shape}, n_expr={self.n_expr}")
+        devs = {name: getattr(self, name).device for name in
+                ("v_template", "shapedirs", "posedirs", "J_regressor", "parents", "lbs_weights", "faces")}
+        if len(set(devs.values())) != 1:
+            raise ValueError("FlameModel: all tensors must be on one device, got "
+                             + ", ".join(f"{k} on {v}" for k, v in devs.items()))
+
+    # --- properties / conversion -------------------------------------------------------------
+    @property
+    def num_vertices(self) -> int:
+        return self.v_template.shape[0]
+
+    @property
+    def num_joints(self) -> int:
+        return self.parents.shape[0]
+
+    @property
+    def num_betas(self) -> int:
+        return self.shapedirs.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.v_template.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.v_template.dtype
+
+    def to(self, device: "torch.device | str | None" = None, dtype: "torch.dtype | None" = None) -> "FlameModel":
+        """Return a copy on ``device`` with floating tensors cast to ``dtype`` (integers stay int64)."""
+        def mv(t: torch.Tensor | None, floating: bool) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if floating else None)
+        return FlameModel(
+            v_template=mv(self.v_template, True), shapedirs=mv(self.shapedirs, True),
+            posedirs=mv(self.posedirs, True), J_regressor=mv(self.J_regressor, True),
+            parents=mv(self.parents, False), lbs_weights=mv(self.lbs_weights, True),
+            faces=mv(self.faces, False), vertex_colors=mv(self.vertex_colors, True),
+            n_shape=self.n_shape, n_expr=self.n_expr)
+
+    def lbs_args(self) -> tuple:
+        """(v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights), in kernel order."""
+        return (self.v_template, self.shapedirs, self.posedirs, self.J_regressor, self.parents,
+                self.lbs_weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# chumpy-free unpickling
+# ---------------------------------------------------------------------------------------------
+class _ChumpyStandIn:
+    """Captures a pickled chumpy object (any class in ``chumpy.*``) without importing chumpy."""
+
+    def __new__(cls, *args, **kwargs):  # pickle protocol 2 calls cls.__new__(cls, *args)
+        obj = object.__new__(cls)
+        obj._args = args
+        obj._state = None
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self._state = state
+
+    def array(self, where: str) -> np.ndarray:
+        st = self._state
+        if isinstance(st, tuple) and len(st) == 2 and isinstance(st[1], dict):  # (state, slotstate)
+            st = {**(st[0] or {}), **st[1]}
+        if isinstance(st, dict) and "x" in st:
+            x = st["x"]
+            return x.array(where) if isinstance(x, _ChumpyStandIn) else np.asarray(x)
+        keys = sorted(st) if isinstance(st, dict) else type(st).__name__
+        raise FlameFileError(f"{where}: a chumpy object without an array ('x' not in its state {keys})")
+
+
+def _stand_in_class(module: str, name: str) -> type:
+    return type(name, (_ChumpyStandIn,), {"__module__": module})
+
+
+class _FlameUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module == "chumpy" or module.startswith("chumpy."):
+            return _stand_in_class(module, name)
+        return super().find_class(module, name)
+
+
+def _to_numpy(value: Any, where: str) -> np.ndarray:
+    if isinstance(value, _ChumpyStandIn):
+        return value.array(where)
+    if hasattr(value, "toarray") and callable(value.toarray):  # scipy.sparse
+        return np.asarray(value.toarray())
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise FlameFileError(f"{where}: cannot convert a {type(value).__name__} to an array ({exc})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders
+# ---------------------------------------------------------------------------------------------
+_REQUIRED = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
+
+
+def _read_raw(path: str) -> dict:
+    if not os.path.exists(path):
+        raise FlameFileError(f"{path}: FLAME model file not found")
+    if not os.path.isfile(path):
+        raise FlameFileError(f"{path}: not a file")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        with open(path, "rb") as fh:
+            data = _FlameUnpickler(fh, encoding="latin1").load()
+    except FlameFileError:
+        raise
+    except Exception as exc:
+        kind = "npz archive" if ext == ".npz" else "pickle"
+        raise FlameFileError(f"{path}: cannot read the FLAME {kind} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise FlameFileError(f"{path}: expected a dict of arrays, got a {type(data).__name__}")
+    return data
+
+
+def load_flame(path: "str | os.PathLike", *, n_shape: int | None = None, n_expr: int | None = None,
+               dtype: torch.dtype = torch.float32) -> FlameModel:
+    """Load a FLAME model from ``generic_model.pkl`` (FLAME 2020/2023) or an ``.npz`` export.
+
+    Args:
+        path: the ``.pkl`` or ``.npz`` file (see the module docstring for the keys).
+        n_shape: number of shape components among the S blendshapes (default: the file's ``n_shape``,
+            else ``min(300, S)``); the remaining S - n_shape are expression components.
+        n_expr: number of expression components (default ``S - n_shape``); if given with n_shape
+            their sum must be S.
+        dtype: floating dtype of the returned tensors.
+
+    Returns:
+        A :class:`FlameModel` on the CPU (posedirs converted to the smplx [P,V*3] layout,
+        J_regressor dense, parents int64 with -1 at the root).
+
+    Raises:
+        FlameFileError (a ValueError): the file is missing or unreadable, a key is missing, or an
+        array has the wrong shape; the message names the file and the key.
+    """
+    path = os.fspath(path)
+    raw = _read_raw(path)
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise FlameFileError(f"{path}: missing key(s) {missing}; a FLAME model needs {list(_REQUIRED)}")
+    arr = {k: _to_numpy(raw[k], f"{path}: key '{k}'") for k in _REQUIRED}
+    for opt in ("vertex_colors", "n_shape", "n_expr"):
+        if opt in raw and raw[opt] is not None:
+            arr[opt] = _to_numpy(raw[opt], f"{path}: key '{opt}'")
+
+    def bad(key: str, want: str) -> FlameFileError:
+        return FlameFileError(f"{path}: key '{key}' expected shape {want}, got {list(arr[key].shape)}")
+
+    vt = arr["v_template"]
+    if vt.ndim != 2 or vt.shape[1] != 3 or vt.shape[0] == 0:
+        raise bad("v_template", "[V,3]")
+    V = vt.shape[0]
+    kt = arr["kintree_table"]
+    if kt.ndim != 2 or kt.shape[0] != 2 or kt.shape[1] == 0:
+        raise bad("kintree_table", "[2,J]")
+    J = kt.shape[1]
+    parents = kt[0].astype(np.int64)
+    parents[(parents < 0) | (parents >= J)] = -1  # root: 2**32-1 in the official file
+    if parents[0] != -1 or np.any(parents[1:] < 0) or np.any(parents[1:] >= np.arange(1, J)):
+        raise FlameFileError(f"{path}: key 'kintree_table' row 0 must list parents with the root first "
+                             f"and each parent before its child, got {kt[0].tolist()}")
+    sd = arr["shapedirs"]
+    if sd.ndim != 3 or sd.shape[:2] != (V, 3):
+        raise bad("shapedirs", f"[{V},3,S]")
+    S = sd.shape[2]
+    P = (J - 1) * 9
+    pd = arr["posedirs"]
+    if pd.shape == (V, 3, P):
+        pd = pd.reshape(V * 3, P).T
+    elif pd.shape != (P, V * 3):
+        raise bad("posedirs", f"[{V},3,{P}] (or [{P},{V * 3}])")
+    jr = arr["J_regressor"]
+    if jr.shape != (J, V):
+        raise bad("J_regressor", f"[{J},{V}]")
+    w = arr["weights"]
+    if w.shape != (V, J):
+        raise bad("weights", f"[{V},{J}]")
+    f = arr["f"]
+    if f.ndim != 2 or f.shape[1] != 3:
+        raise bad("f", "[F,3]")
+    f = f.astype(np.int64)
+    if f.size and (f.min() < 0 or f.max() >= V):
+        raise FlameFileError(f"{path}: key 'f' has vertex indices outside [0,{V}): "
+                             f"min {int(f.min())}, max {int(f.max())}")
+    vc = arr.get("vertex_colors")
+    if vc is not None and vc.shape != (V, 3):
+        raise bad("vertex_colors", f"[{V},3]")
+
+    if n_shape is None:
+        n_shape = int(arr["n_shape"]) if "n_shape" in arr else (S - int(n_expr) if n_expr is not None else min(300, S))
+    if n_expr is None:
+        n_expr = int(arr["n_expr"]) if "n_expr" in arr and n_shape + int(arr["n_expr"]) == S else S - n_shape
+    if n_shape < 0 or n_expr < 0 or n_shape + n_expr != S:
+        raise ValueError(f"load_flame: n_shape + n_expr must equal S={S} (shapedirs of {path}), "
+                         f"got n_shape={n_shape}, n_expr={n_expr}")
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(dtype)
+
+    return FlameModel(
+        v_template=t(vt), shapedirs=t(sd), posedirs=t(pd), J_regressor=t(jr),
+        parents=torch.from_numpy(parents), lbs_weights=t(w), faces=torch.from_numpy(np.ascontiguousarray(f)),
+        vertex_colors=None if vc is None else t(vc), n_shape=int(n_shape), n_expr=int(n_expr))
+
+
+def save_flame_npz(model: FlameModel, path: "str | os.PathLike") -> None:
+    """Write ``model`` as an ``.npz`` in the pickle's key layout (readable by :func:`load_flame`)."""
+    m = model.to("cpu")
+    V, J = m.num_vertices, m.num_joints
+    P = (J - 1) * 9
+    parents = m.parents.numpy().astype(np.int64).copy()
+    kintree = np.stack([np.where(parents < 0, 2**32 - 1, parents), np.arange(J)]).astype(np.int64)
+    out = dict(
+        v_template=m.v_template.numpy(), shapedirs=m.shapedirs.numpy(),
+        posedirs=m.posedirs.numpy().T.reshape(V, 3, P), J_regressor=m.J_regressor.numpy(),
+        weights=m.lbs_weights.numpy(), kintree_table=kintree, f=m.faces.numpy(),
+        n_shape=np.int64(m.n_shape), n_expr=np.int64(m.n_expr))
+    if m.vertex_colors is not None:
+        out["vertex_colors"] = m.vertex_colors.numpy()
+    np.savez(os.fspath(path), **out)
