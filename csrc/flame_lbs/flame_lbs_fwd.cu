@@ -1,0 +1,233 @@
+// CUDA forward kernels of flame_lbs_joints, flame_lbs and skin_gaussians (torch-free).
+// Launch plan per call: (1) joints: one block per frame; (2) vertices: one warp per vertex, all
+// frames of a chunk of <= 16 at once so shapedirs is read once for B <= 16; (3) Gaussians: one thread
+// per (Gaussian, frame), fused with the gather of its anchors. Math: csrc/common/lbs_math.h.
+#include "flame_lbs/flame_lbs.h"
+
+namespace ffa {
+namespace lbs {
+namespace {
+
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__global__ void joints_fwd_kernel(const float* __restrict__ betas, const float* __restrict__ pose, bool is_matrix,
+                                  const float* __restrict__ Jt, const float* __restrict__ Jd, Parents par, int J,
+                                  int S, float* __restrict__ rot, float* __restrict__ joints, float* __restrict__ A) {
+  __shared__ float s_rest[kMaxJoints * 3], s_rot[kMaxJoints * 9], s_G[kMaxJoints * 12];
+  const int b = blockIdx.x, lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  const float* bb = betas + (int64_t)b * S;
+  for (int o = warp; o < J * 3; o += nw) {
+    float acc = 0.f;
+    for (int s = lane; s < S; s += kWarp) acc += Jd[(int64_t)o * S + s] * bb[s];
+    acc = warp_sum(acc);
+    if (lane == 0) s_rest[o] = Jt[o] + acc;
+  }
+  for (int j = threadIdx.x; j < J; j += blockDim.x) {
+    float* R = s_rot + j * 9;
+    if (is_matrix) {
+      for (int i = 0; i < 9; ++i) R[i] = pose[((int64_t)b * J + j) * 9 + i];
+    } else {
+      rodrigues(pose + ((int64_t)b * J + j) * 3, R);
+    }
+    for (int i = 0; i < 9; ++i) rot[((int64_t)b * J + j) * 9 + i] = R[i];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) chain_forward(J, par, s_rot, s_rest, s_G, joints + (int64_t)b * J * 3, A + (int64_t)b * J * 16);
+}
+
+// One warp per vertex; BT frames per pass (betas, pose features, transforms of those frames in smem).
+template <int BT, bool VEC4>
+__global__ void __launch_bounds__(256) vertices_fwd_kernel(
+    const float* __restrict__ betas, const float* __restrict__ rot, const float* __restrict__ A,
+    const float* __restrict__ vt, const float* __restrict__ sd, const float* __restrict__ pd,
+    const float* __restrict__ W, int B, int V, int J, int S, float* __restrict__ verts, float* __restrict__ v_posed) {
+  extern __shared__ float smem[];
+  const int P = (J - 1) * 9;
+  float* s_b = smem;             // [BT,S]
+  float* s_pf = s_b + BT * S;    // [BT,P]
+  float* s_A = s_pf + BT * P;    // [BT,J,16]
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  for (int b0 = 0; b0 < B; b0 += BT) {
+    const int nb = min(BT, B - b0);
+    for (int e = threadIdx.x; e < BT * S; e += blockDim.x) {
+      int bt = e / S;
+      s_b[e] = bt < nb ? betas[(int64_t)(b0 + bt) * S + e % S] : 0.f;
+    }
+    for (int e = threadIdx.x; e < BT * P; e += blockDim.x) {
+      int bt = e / P, p = e % P, k = p % 9;
+      s_pf[e] = bt < nb ? rot[(int64_t)(b0 + bt) * J * 9 + 9 + p] - ((k == 0 || k == 4 || k == 8) ? 1.f : 0.f) : 0.f;
+    }
+    for (int e = threadIdx.x; e < BT * J * 16; e += blockDim.x) {
+      int bt = e / (J * 16);
+      s_A[e] = bt < nb ? A[(int64_t)b0 * J * 16 + e] : 0.f;
+    }
+    __syncthreads();
+    for (int v = blockIdx.x * nw + warp; v < V; v += gridDim.x * nw) {
+      float acc[BT][3];
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) acc[bt][0] = acc[bt][1] = acc[bt][2] = 0.f;
+      // the three rows of this vertex are loaded together so each betas value read from smem
+      // serves 3 FMAs; VEC4: float4 loads of shapedirs and betas (S % 4 == 0, 16 B aligned)
+      const float* row = sd + (int64_t)v * 3 * S;
+      if (VEC4) {
+        const int S4 = S >> 2;
+        const float4* r0 = reinterpret_cast<const float4*>(row);
+        const float4* r1 = reinterpret_cast<const float4*>(row + S);
+        const float4* r2 = reinterpret_cast<const float4*>(row + 2 * S);
+        const float4* sb4 = reinterpret_cast<const float4*>(s_b);
+#pragma unroll 2
+        for (int s4 = lane; s4 < S4; s4 += kWarp) {
+          const float4 x0 = __ldg(r0 + s4), x1 = __ldg(r1 + s4), x2 = __ldg(r2 + s4);
+#pragma unroll
+          for (int bt = 0; bt < BT; ++bt) {
+            const float4 bb = sb4[bt * S4 + s4];
+            acc[bt][0] += x0.x * bb.x + x0.y * bb.y + x0.z * bb.z + x0.w * bb.w;
+            acc[bt][1] += x1.x * bb.x + x1.y * bb.y + x1.z * bb.z + x1.w * bb.w;
+            acc[bt][2] += x2.x * bb.x + x2.y * bb.y + x2.z * bb.z + x2.w * bb.w;
+          }
+        }
+      } else {
+#pragma unroll 4
+        for (int s = lane; s < S; s += kWarp) {
+          const float x0 = __ldg(row + s), x1 = __ldg(row + S + s), x2 = __ldg(row + 2 * S + s);
+#pragma unroll
+          for (int bt = 0; bt < BT; ++bt) {
+            const float bb = s_b[bt * S + s];
+            acc[bt][0] += x0 * bb; acc[bt][1] += x1 * bb; acc[bt][2] += x2 * bb;
+          }
+        }
+      }
+      for (int p = lane; p < P; p += kWarp) {
+        const float* col = pd + (int64_t)p * V * 3 + (int64_t)v * 3;
+        float x0 = __ldg(col), x1 = __ldg(col + 1), x2 = __ldg(col + 2);
+#pragma unroll
+        for (int bt = 0; bt < BT; ++bt) {
+          float f = s_pf[bt * P + p];
+          acc[bt][0] += x0 * f; acc[bt][1] += x1 * f; acc[bt][2] += x2 * f;
+        }
+      }
+      float mine[3] = {0.f, 0.f, 0.f};
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+        for (int c = 0; c < 3; ++c) {
+          float t = warp_sum(acc[bt][c]);
+          if (lane == bt) mine[c] = t;
+        }
+      }
+      if (lane < nb) {
+        const int64_t o = ((int64_t)(b0 + lane) * V + v) * 3;
+        float p[3], M[12], out[3];
+        for (int c = 0; c < 3; ++c) p[c] = vt[(int64_t)v * 3 + c] + mine[c];
+        blend_transform(J, W + (int64_t)v * J, s_A + lane * J * 16, M);
+        apply_transform(M, p, out);
+        for (int c = 0; c < 3; ++c) { v_posed[o + c] = p[c]; verts[o + c] = out[c]; }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+template <int BT>
+cudaError_t launch_vertices_bt(const float* betas, const float* rot, const float* A, const float* vt, const float* sd,
+                               const float* pd, const float* W, int B, int V, int J, int S, float* verts,
+                               float* v_posed, cudaStream_t stream) {
+  size_t smem = sizeof(float) * (size_t)BT * (S + (J - 1) * 9 + J * 16);
+  const bool vec4 = S % 4 == 0 && reinterpret_cast<uintptr_t>(sd) % 16 == 0;
+  auto kernel = vec4 ? vertices_fwd_kernel<BT, true> : vertices_fwd_kernel<BT, false>;
+  if (smem > 48 * 1024)
+    FFA_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const int threads = 256, per_block = threads / kWarp;
+  int blocks = (V + per_block - 1) / per_block;
+  if (B > BT) blocks = blocks < 1024 ? blocks : 1024;  // several chunks: amortize the smem loads
+  kernel<<<blocks, threads, smem, stream>>>(betas, rot, A, vt, sd, pd, W, B, V, J, S, verts, v_posed);
+  return cudaGetLastError();
+}
+
+// KT: anchors per Gaussian as a compile-time constant (loops unroll, anchors stay in registers).
+template <typename I, int KT>
+__global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restrict__ v_posed, const float* __restrict__ A,
+                                     const float* __restrict__ W, const I* __restrict__ idx,
+                                     const float* __restrict__ aw, const float* __restrict__ off, bool off_batched,
+                                     const float* __restrict__ quats, bool means_only, int V, int J, int N,
+                                     float* __restrict__ means, float* __restrict__ qout) {
+  constexpr int K = KT;
+  __shared__ float s_A[kMaxJoints * 16];
+  const int b = blockIdx.y;
+  for (int e = threadIdx.x; e < J * 16; e += blockDim.x) s_A[e] = A[(int64_t)b * J * 16 + e];
+  __syncthreads();
+  const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const int64_t i = (int64_t)b * N + n;
+  I id[K];
+  float w[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) { id[k] = idx[n * K + k]; w[k] = aw[n * K + k]; }
+  const float* o = off ? off + (off_batched ? i : n) * 3 : nullptr;
+  float m[3], q[4];
+  gaussian_forward(J, K, id, w, v_posed + (int64_t)b * V * 3, W, s_A, o, quats ? quats + n * 4 : nullptr,
+                   means_only, m, q);
+  for (int c = 0; c < 3; ++c) means[i * 3 + c] = m[c];
+  reinterpret_cast<float4*>(qout)[i] = make_float4(q[0], q[1], q[2], q[3]);
+}
+
+}  // namespace
+
+cudaError_t launch_joints_fwd(const float* betas, const float* pose, bool pose_is_matrix, const float* J_template,
+                              const float* J_dirs, const Parents& par, int B, int J, int S, float* rot,
+                              float* joints, float* A, cudaStream_t stream) {
+  if (B == 0) return cudaSuccess;
+  joints_fwd_kernel<<<B, 128, 0, stream>>>(betas, pose, pose_is_matrix, J_template, J_dirs, par, J, S, rot, joints, A);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_vertices_fwd(const float* betas, const float* rot, const float* A, const float* v_template,
+                                const float* shapedirs, const float* posedirs, const float* W, int B, int V,
+                                int J, int S, float* verts, float* v_posed, cudaStream_t stream) {
+  if (B == 0 || V == 0) return cudaSuccess;
+#define FFA_LBS_VERT(BT) \
+  launch_vertices_bt<BT>(betas, rot, A, v_template, shapedirs, posedirs, W, B, V, J, S, verts, v_posed, stream)
+  if (B <= 1) return FFA_LBS_VERT(1);
+  if (B <= 2) return FFA_LBS_VERT(2);
+  if (B <= 4) return FFA_LBS_VERT(4);
+  if (B <= 8) return FFA_LBS_VERT(8);
+  return FFA_LBS_VERT(16);
+#undef FFA_LBS_VERT
+}
+
+template <typename I>
+cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const float* W, const I* idx, const float* aw,
+                                 const float* offsets, bool offsets_batched, const float* quats, bool means_only,
+                                 int B, int V, int J, int N, int K, float* means, float* qout, cudaStream_t stream) {
+  if (B == 0 || N == 0) return cudaSuccess;
+  const int threads = 256;
+  dim3 grid((N + threads - 1) / threads, B);
+#define FFA_LBS_GFWD(KT)                                                                                 \
+  gaussians_fwd_kernel<I, KT><<<grid, threads, 0, stream>>>(v_posed, A, W, idx, aw, offsets, offsets_batched, quats, \
+                                                            means_only, V, J, N, means, qout)
+  switch (K) {
+    case 1: FFA_LBS_GFWD(1); break;
+    case 2: FFA_LBS_GFWD(2); break;
+    case 3: FFA_LBS_GFWD(3); break;
+    case 4: FFA_LBS_GFWD(4); break;
+    default: return cudaErrorInvalidValue;
+  }
+#undef FFA_LBS_GFWD
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_gaussians_fwd<int32_t>(const float*, const float*, const float*, const int32_t*,
+                                                   const float*, const float*, bool, const float*, bool, int, int,
+                                                   int, int, int, float*, float*, cudaStream_t);
+template cudaError_t launch_gaussians_fwd<int64_t>(const float*, const float*, const float*, const int64_t*,
+                                                   const float*, const float*, bool, const float*, bool, int, int,
+                                                   int, int, int, float*, float*, cudaStream_t);
+
+}  // namespace lbs
+}  // namespace ffa

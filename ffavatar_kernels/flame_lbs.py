@@ -1,0 +1,369 @@
+"""Fused FLAME / SMPL linear blend skinning (smplx ``lbs`` contract) and anchored-Gaussian skinning.
+
+Public API: :func:`flame_lbs`, :func:`skin_gaussians`, :func:`shape_template`. Both ops are
+compositions of registered torch ops (``torch.ops.ffavatar.*``, CPU and CUDA kernels) with autograd:
+
+1. ``flame_lbs_joints``: rest joints ``J_template + J_dirs . betas`` where ``J_template =
+   J_regressor @ v_template`` [J,3] and ``J_dirs = J_regressor @ shapedirs`` [J,3,S] (computed once
+   per model and cached, so joints need no pass over the V vertices), Rodrigues, kinematic chain.
+2. ``flame_lbs``: one pass over the vertices for all frames: shape/expression blend (shapedirs read
+   once for all B frames), pose correctives, skinning.
+3. ``skin_gaussians``: per Gaussian, fused with the gather of its <= 4 anchor vertices.
+
+Expression-only fast path: when the shape is fixed per avatar, precompute
+``v_shaped = shape_template(v_template, shapedirs, betas_shape)`` once and call with
+``v_template=v_shaped``, ``shapedirs=shapedirs[..., 300:]`` (the 100 expression directions; make that slice
+contiguous once and reuse the tensor, so the cached joint products hit) and ``betas=expression``: the kernels then read 4x less.
+
+Conventions (shared with ``ffavatar_kernels.reference.lbs``): quaternions wxyz; the rotation of a
+blended transform is Shepperd's method on its 3x3 part, normalized, w >= 0; posed quats are
+``q(T_u) ⊗ normalize(quats)``. ``transforms`` are the relative joint transforms A_j (the ones that
+skin rest-pose points), as smplx's ``batch_rigid_transform`` returns.
+
+Input checks cost no host sync, except ``parents`` given as a CUDA tensor: it is read (and
+validated) once per tensor object and cached. Indices in ``anchor_idx`` are not range-checked.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from . import _ext
+from ._validate import check_tensor
+
+__all__ = ["flame_lbs", "skin_gaussians", "shape_template"]
+
+_ops = torch.ops.ffavatar
+_LIB = "ffavatar"
+
+
+# ---- fake (meta) kernels -------------------------------------------------------------------------
+def _joints_fake(betas, pose, J_template, J_dirs, parents):
+    B, J = betas.shape[0], J_template.shape[0]
+    return (betas.new_empty(B, J, 3, 3), betas.new_empty(B, J, 3), betas.new_empty(B, J, 4, 4))
+
+
+def _joints_bwd_fake(g_rot, g_joints, g_A, betas, pose, J_template, J_dirs, parents):
+    B, J = betas.shape[0], J_template.shape[0]
+    return (torch.empty_like(betas), torch.empty_like(pose), betas.new_empty(B, J, 3))
+
+
+def _verts_fake(betas, rot, A, v_template, shapedirs, posedirs, lbs_weights):
+    B, V = betas.shape[0], v_template.shape[0]
+    return betas.new_empty(B, V, 3), betas.new_empty(B, V, 3)
+
+
+def _verts_bwd_fake(g_verts, g_vposed, betas, rot, A, shapedirs, posedirs, lbs_weights, v_posed,
+                    need_vt, need_sd, need_pd, need_W):
+    V = lbs_weights.shape[0]
+    e = betas.new_empty(0)
+    return (torch.empty_like(betas), torch.empty_like(rot), torch.empty_like(A),
+            betas.new_empty(V, 3) if need_vt else e,
+            torch.empty_like(shapedirs) if need_sd else e,
+            torch.empty_like(posedirs) if need_pd else e,
+            torch.empty_like(lbs_weights) if need_W else e)
+
+
+def _gauss_fake(v_posed, A, W, idx, aw, offsets, quats, means_only):
+    B, N = v_posed.shape[0], idx.shape[0]
+    return v_posed.new_empty(B, N, 3), v_posed.new_empty(B, N, 4)
+
+
+def _gauss_bwd_fake(g_means, g_quats, v_posed, A, W, idx, aw, offsets, quats, means_only, need_W,
+                    need_aw):
+    e = v_posed.new_empty(0)
+    return (torch.empty_like(v_posed), torch.empty_like(A),
+            torch.empty_like(W) if need_W else e, torch.empty_like(aw) if need_aw else e,
+            torch.empty_like(offsets) if offsets is not None else e,
+            torch.empty_like(quats) if quats is not None else e)
+
+
+# ---- autograd ------------------------------------------------------------------------------------
+def _contig(*grads):
+    """Incoming gradients may be expanded / strided views; the kernels read dense buffers."""
+    return tuple(None if g is None else g.contiguous() for g in grads)
+
+
+def _joints_setup(ctx, inputs, output):
+    betas, pose, J_template, J_dirs, parents = inputs
+    ctx.parents = list(parents)
+    ctx.save_for_backward(betas, pose, J_template, J_dirs)
+
+
+def _joints_backward(ctx, g_rot, g_joints, g_A):
+    betas, pose, J_template, J_dirs = ctx.saved_tensors
+    g_rot, g_joints, g_A = _contig(g_rot, g_joints, g_A)
+    gb, gp, g_rest = _ops.flame_lbs_joints_backward(g_rot, g_joints, g_A, betas, pose, J_template,
+                                                    J_dirs, ctx.parents)
+    n = ctx.needs_input_grad
+    g_Jt = g_rest.sum(0) if n[2] else None
+    g_Jd = torch.einsum("bjc,bs->jcs", g_rest, betas) if n[3] else None
+    return gb if n[0] else None, gp if n[1] else None, g_Jt, g_Jd, None
+
+
+
+def _verts_setup(ctx, inputs, output):
+    betas, rot, A, v_template, shapedirs, posedirs, W = inputs
+    ctx.save_for_backward(betas, rot, A, shapedirs, posedirs, W, output[1])
+
+
+def _verts_backward(ctx, g_verts, g_vposed):
+    betas, rot, A, shapedirs, posedirs, W, v_posed = ctx.saved_tensors
+    n = ctx.needs_input_grad
+    g_verts, g_vposed = _contig(g_verts, g_vposed)
+    gb, grot, gA, gvt, gsd, gpd, gW = _ops.flame_lbs_backward(
+        g_verts, g_vposed, betas, rot, A, shapedirs, posedirs, W, v_posed, n[3], n[4], n[5], n[6])
+    return (gb if n[0] else None, grot if n[1] else None, gA if n[2] else None,
+            gvt if n[3] else None, gsd if n[4] else None, gpd if n[5] else None,
+            gW if n[6] else None)
+
+
+
+def _gauss_setup(ctx, inputs, output):
+    v_posed, A, W, idx, aw, offsets, quats, means_only = inputs
+    ctx.means_only = means_only
+    ctx.has_off, ctx.has_q = offsets is not None, quats is not None
+    ctx.save_for_backward(v_posed, A, W, idx, aw, offsets, quats)
+
+
+def _gauss_backward(ctx, g_means, g_quats):
+    v_posed, A, W, idx, aw, offsets, quats = ctx.saved_tensors
+    n = ctx.needs_input_grad
+    g_means, g_quats = _contig(g_means, g_quats)
+    gvp, gA, gW, gaw, goff, gq = _ops.skin_gaussians_backward(
+        g_means, g_quats, v_posed, A, W, idx, aw, offsets if ctx.has_off else None,
+        quats if ctx.has_q else None, ctx.means_only, n[2], n[4])
+    return (gvp if n[0] else None, gA if n[1] else None, gW if n[2] else None, None,
+            gaw if n[4] else None, goff if (ctx.has_off and n[5]) else None,
+            gq if (ctx.has_q and n[6]) else None, None)
+
+
+
+def _register() -> None:
+    for name, fn in (("flame_lbs_joints", _joints_fake), ("flame_lbs_joints_backward", _joints_bwd_fake), ("flame_lbs", _verts_fake), ("flame_lbs_backward", _verts_bwd_fake), ("skin_gaussians", _gauss_fake), ("skin_gaussians_backward", _gauss_bwd_fake)):
+        torch.library.register_fake(f"{_LIB}::{name}", fn)
+    for name, bwd, setup in (("flame_lbs_joints", _joints_backward, _joints_setup), ("flame_lbs", _verts_backward, _verts_setup), ("skin_gaussians", _gauss_backward, _gauss_setup)):
+        torch.library.register_autograd(f"{_LIB}::{name}", bwd, setup_context=setup)
+
+
+if _ext.load():
+    _register()
+
+
+# ---- caches (model constants) --------------------------------------------------------------------
+class _Cache:
+    """Results keyed on tensor identity + version (weak references: no stale hits)."""
+
+    def __init__(self, size: int = 8):
+        self.size, self.entries = size, []
+
+    def get(self, key_tensors, make):
+        for refs, versions, value in self.entries:
+            if all(r() is t for r, t in zip(refs, key_tensors)) and \
+                    versions == tuple(t._version for t in key_tensors):
+                return value
+        value = make()
+        refs = tuple(weakref.ref(t) for t in key_tensors)
+        self.entries = [e for e in self.entries if all(r() is not None for r in e[0])]
+        self.entries.insert(0, (refs, tuple(t._version for t in key_tensors), value))
+        del self.entries[self.size:]
+        return value
+
+
+_joint_cache = _Cache()
+_parents_cache = _Cache()
+
+
+def _joint_products(J_regressor, v_template, shapedirs):
+    """J_template [J,3] = J_regressor @ v_template, J_dirs [J,3,S] = J_regressor @ shapedirs."""
+    def make():
+        J, V = J_regressor.shape
+        S = shapedirs.shape[2]
+        return (J_regressor @ v_template,
+                (J_regressor @ shapedirs.reshape(V, 3 * S)).reshape(J, 3, S).contiguous())
+    grads = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (J_regressor, v_template, shapedirs))
+    if grads or torch.compiler.is_compiling():
+        return make()
+    return _joint_cache.get((J_regressor, v_template, shapedirs), make)
+
+
+def _check_parents_list(parents: list, J: int) -> list:
+    if len(parents) != J:
+        raise ValueError(f"parents: expected shape [{J}] (J from J_regressor), got [{len(parents)}]")
+    for j, p in enumerate(parents):
+        ok = p == -1 if j == 0 else 0 <= p < j
+        if not ok:
+            raise ValueError(
+                "parents: expected a kinematic tree in topological order (parents[0] == -1, "
+                f"0 <= parents[j] < j), got parents[{j}] = {p} in {parents}")
+    return parents
+
+
+def _parents(parents, J: int) -> list:
+    if isinstance(parents, (list, tuple)):
+        return _check_parents_list([int(p) for p in parents], J)
+    check_tensor("parents", parents, (None,), (torch.int64, torch.int32))
+    if torch.compiler.is_compiling():
+        return _check_parents_list([int(p) for p in parents.tolist()], J)
+    return _parents_cache.get((parents,), lambda: _check_parents_list(parents.tolist(), J))
+
+
+# ---- validation ----------------------------------------------------------------------------------
+def _float_dtypes(device: torch.device):
+    return (torch.float32, torch.float64) if device.type == "cpu" else (torch.float32,)
+
+
+def _check_model_tensors(v_template, shapedirs, posedirs, J_regressor, lbs_weights):
+    """Validate the model constants (cached per tensor identity): returns (J, V, S)."""
+    if not isinstance(J_regressor, torch.Tensor):
+        raise TypeError(f"J_regressor: expected a torch.Tensor, got {type(J_regressor).__name__}")
+    dev = J_regressor.device
+    sz: dict = {}
+    check_tensor("J_regressor", J_regressor, ("J", "V"), _float_dtypes(dev), dev, sz)
+    dt = J_regressor.dtype
+    J, V = sz["J"], sz["V"]
+    if J < 1 or J > 64:
+        raise ValueError(f"J_regressor: expected 1..64 joints, got J={J}")
+    check_tensor("v_template", v_template, ("V", 3), dt, dev, sz)
+    check_tensor("shapedirs", shapedirs, ("V", 3, "S"), dt, dev, sz)
+    check_tensor("posedirs", posedirs, ((J - 1) * 9, V * 3), dt, dev, sz)
+    check_tensor("lbs_weights", lbs_weights, ("V", "J"), dt, dev, sz)
+    return J, V, sz["S"]
+
+
+_model_cache = _Cache()
+
+
+def _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights):
+    model = (v_template, shapedirs, posedirs, J_regressor, lbs_weights)
+    if torch.compiler.is_compiling() or not all(isinstance(t, torch.Tensor) for t in model):
+        J, V, S = _check_model_tensors(*model)
+    else:
+        J, V, S = _model_cache.get(model, lambda: _check_model_tensors(*model))
+    dev, dt = J_regressor.device, J_regressor.dtype
+    check_tensor("betas", betas, (None, S), dt, dev)
+    B = betas.shape[0]
+    if not isinstance(pose, torch.Tensor):
+        raise TypeError(f"pose: expected a torch.Tensor, got {type(pose).__name__}")
+    if pose.dim() == 4:
+        pose_k = check_tensor("pose", pose, (B, J, 3, 3), dt, dev)
+    elif pose.dim() == 3:
+        pose_k = check_tensor("pose", pose, (B, J, 3), dt, dev)
+    else:
+        pose_k = check_tensor("pose", pose, (B, J * 3), dt, dev).reshape(B, J, 3)
+    par = _parents(parents, J)
+    if isinstance(parents, torch.Tensor) and parents.device != dev and parents.device.type != "cpu":
+        raise ValueError(f"parents: expected a tensor on {dev} or the CPU, got one on {parents.device}")
+    return pose_k.contiguous(), par
+
+
+def _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights):
+    c = lambda t: t.contiguous()  # noqa: E731
+    J_template, J_dirs = _joint_products(c(J_regressor), c(v_template), c(shapedirs))
+    rot, joints, A = _ops.flame_lbs_joints(c(betas), pose_k, J_template, J_dirs, par)
+    verts, v_posed = _ops.flame_lbs(c(betas), rot, A, c(v_template), c(shapedirs), c(posedirs),
+                                    c(lbs_weights))
+    return verts, v_posed, joints, A
+
+
+def flame_lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, *,
+              return_transforms=False):
+    """FLAME / SMPL linear blend skinning with the smplx ``lbs`` contract, fused kernels.
+
+    Args:
+        betas: [B,S] shape + expression coefficients, concatenated (float32; float64 on CPU).
+        pose: [B,J*3] axis-angle (also [B,J,3]), or [B,J,3,3] rotation matrices.
+        v_template: [V,3] template vertices.
+        shapedirs: [V,3,S] blendshape directions.
+        posedirs: [(J-1)*9, V*3] pose-corrective directions (smplx layout).
+        J_regressor: [J,V] dense joint regressor.
+        parents: [J] int tensor (or list): parents[0] == -1, parents[j] < j.
+        lbs_weights: [V,J] skinning weights.
+        return_transforms: also return the relative joint transforms.
+
+    Returns:
+        vertices [B,V,3], joints [B,J,3] (posed), and transforms [B,J,4,4] if requested.
+        Differentiable w.r.t. betas, pose, v_template, shapedirs, posedirs, J_regressor and
+        lbs_weights.
+    """
+    pose_k, par = _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents,
+                               lbs_weights)
+    _ext.require("flame_lbs")
+    verts, _, joints, A = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor,
+                                   par, lbs_weights)
+    return (verts, joints, A) if return_transforms else (verts, joints)
+
+
+def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights,
+                   anchor_idx, anchor_weights, offsets=None, quats=None, *, means_only=False):
+    """Skin Gaussians anchored to the (subdivided) FLAME surface, exactly as the dense upsampled mesh.
+
+    Gaussian g with anchors (i_k, w_k): rest point ``p = sum_k w_k v_posed[i_k] + offset``, weights
+    ``W_u = sum_k w_k lbs_weights[i_k]``, transform ``T_u = sum_j W_uj A_j``; posed mean
+    ``T_u[:3,:3] p + T_u[:3,3]``, posed rotation ``q(T_u[:3,:3]) ⊗ normalize(quats)`` (Shepperd,
+    normalized, w >= 0). No per-Gaussian blendshape tensor is ever built.
+
+    Args:
+        betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights: as
+            :func:`flame_lbs`.
+        anchor_idx: [N,K] int32 or int64 base-vertex indices, 1 <= K <= 4 (not range-checked).
+        anchor_weights: [N,K] float weights (rows sum to 1 for subdivision anchors).
+        offsets: [N,3] or [B,N,3] canonical-space offsets, or None.
+        quats: [N,4] canonical rotations (wxyz, any norm), or None (identity).
+        means_only: skip the rotation; quats are the canonical ones (normalized) broadcast.
+
+    Returns:
+        means [B,N,3], quats [B,N,4]. Differentiable w.r.t. offsets, quats, anchor_weights and
+        everything :func:`flame_lbs` is.
+    """
+    pose_k, par = _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents,
+                               lbs_weights)
+    dev, dt = betas.device, betas.dtype
+    sz = {"B": betas.shape[0]}
+    check_tensor("anchor_idx", anchor_idx, ("N", "K"), (torch.int32, torch.int64), dev, sz)
+    if not 1 <= sz["K"] <= 4:
+        raise ValueError(f"anchor_idx: expected 1..4 anchors per Gaussian, got shape {list(anchor_idx.shape)}")
+    check_tensor("anchor_weights", anchor_weights, ("N", "K"), dt, dev, sz)
+    if offsets is not None:
+        if isinstance(offsets, torch.Tensor) and offsets.dim() == 3:
+            check_tensor("offsets", offsets, ("B", "N", 3), dt, dev, sz)
+        else:
+            check_tensor("offsets", offsets, ("N", 3), dt, dev, sz)
+        offsets = offsets.contiguous()
+    if quats is not None:
+        check_tensor("quats", quats, ("N", 4), dt, dev, sz)
+        quats = quats.contiguous()
+    _ext.require("skin_gaussians")
+    _, v_posed, _, A = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par,
+                                lbs_weights)
+    return _ops.skin_gaussians(v_posed, A, lbs_weights.contiguous(), anchor_idx.contiguous(),
+                               anchor_weights.contiguous(), offsets, quats, bool(means_only))
+
+
+def shape_template(v_template, shapedirs, betas_shape):
+    """Shaped template for the expression-only fast path.
+
+    Args:
+        v_template: [V,3]; shapedirs: [V,3,S] (full, shape directions first);
+        betas_shape: [S'] or [1,S'] shape coefficients (S' <= S, typically 300).
+
+    Returns:
+        [V,3] ``v_template + shapedirs[..., :S'] @ betas_shape`` (differentiable). Use it as
+        ``v_template`` with ``shapedirs[..., S':]`` and the expression coefficients as ``betas``.
+    """
+    check_tensor("v_template", v_template, ("V", 3))
+    check_tensor("shapedirs", shapedirs, (v_template.shape[0], 3, None), v_template.dtype, v_template.device)
+    if not isinstance(betas_shape, torch.Tensor):
+        raise TypeError(f"betas_shape: expected a torch.Tensor, got {type(betas_shape).__name__}")
+    bs = betas_shape.reshape(-1)
+    if bs.shape[0] > shapedirs.shape[2]:
+        raise ValueError(f"betas_shape: expected at most {shapedirs.shape[2]} coefficients, got {bs.shape[0]}")
+    check_tensor("betas_shape", bs, dtype=v_template.dtype, device=v_template.device)
+    return v_template + torch.einsum("vcs,s->vc", shapedirs[..., : bs.shape[0]], bs)
+
+
+# The package exports the function ``flame_lbs`` under the module's name, so
+# ``ffavatar_kernels.flame_lbs`` is the function: keep the helper reachable as documented.
+flame_lbs.shape_template = shape_template
