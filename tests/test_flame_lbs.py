@@ -17,7 +17,8 @@ PARENTS = [-1, 0, 1, 1, 1]
 
 
 def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def poison_cuda_cache(mb=256):
