@@ -36,7 +36,7 @@ def has_cuda_kernels() -> bool:
     if not load():
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key("ffavatar::flame_lbs", "CUDA") or \
-        torch._C._dispatch_has_kernel_for_dispatch_key("ffavatar::rasterize_fwd", "CUDA")
+        torch._C._dispatch_has_kernel_for_dispatch_key("ffavatar::rasterize_render", "CUDA")
 
 
 def require(op: str) -> None:

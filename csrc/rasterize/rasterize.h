@@ -1,0 +1,104 @@
+// Tile-based 3D Gaussian splatting (gsplat 1.5.3 conventions), forward and backward.
+//
+// The public op (ffavatar_kernels.rasterize) is composed in Python from five registered ops, each
+// batched over B scenes x C cameras = M images (shapes below use B, C, N, D, H, W, T = tiles):
+//
+//   rasterize_project(means [B,N,3], quats [B,N,4], scales [B,N,3], opacities [B,N],
+//                     viewmats [B,C,4,4], Ks [B,C,3,3], width, height, near, far, eps2d,
+//                     antialiased, tile_size)
+//     -> means2d [B,C,N,2], depths [B,C,N], conics [B,C,N,3], opacities2d [B,C,N] (opacity x
+//        compensation when antialiased), radii [B,C,N,2] i32, tiles_per_gauss [B,C,N] i32
+//   rasterize_project_bwd(... inputs ..., radii, v_means2d, v_depths, v_conics, v_opacities2d)
+//     -> v_means, v_quats, v_scales, v_opacities   (summed over cameras, no atomics)
+//   rasterize_bin(means2d, radii, depths, conics, opacities2d, tiles_per_gauss, width, height,
+//                 tile_size) -> tile_offsets [B,C,TH,TW] i32, flatten_ids [n_isects] i32
+//     (intersections sorted by image, tile, depth; flatten id = m*N + n)
+//   rasterize_render(means2d, conics, opacities2d, colors [B,Cc,N,D] (Cc = 1 or C),
+//                    backgrounds [B,C,D]?, tile_offsets, flatten_ids, width, height, tile_size)
+//     -> render_colors [B,C,H,W,D], render_alphas [B,C,H,W,1], last_ids [B,C,H,W] i32 (-1: none),
+//        final_Ts [B,C,H,W,1] (final transmittance, kept exactly: 1 - alpha loses it in fp32)
+//   rasterize_render_bwd(..., final_Ts, last_ids, v_render_colors, v_render_alphas)
+//     -> v_means2d, v_conics, v_opacities2d, v_colors
+//
+// This header is torch-free: it declares the CUDA launchers implemented in rasterize_*.cu (raw
+// pointers, sizes, a stream; they return the launch error). All buffers are allocated by the torch
+// glue (rasterize_cuda.cpp), including CUB's temporary storage.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+#else
+#if defined(FFAVATAR_WITH_CUDA)
+#include <cuda_runtime.h>
+#endif
+#endif
+
+namespace ffa {
+namespace rasterize {
+
+// Sizes shared by the launchers.
+struct Dims {
+  int64_t B, C, N;      // scenes, cameras per scene, Gaussians per scene
+  int64_t Cc;           // colour sets per scene: 1 (shared by the cameras) or C
+  int64_t D;            // channels
+  int W, H, tile_size;  // image and tile size
+  int tiles_x, tiles_y;
+};
+
+#if defined(__CUDACC__) || defined(FFAVATAR_WITH_CUDA)
+// Projection of every (image, Gaussian) pair, fused with the tight tile count.
+cudaError_t launch_project_fwd(const float* means, const float* quats, const float* scales, const float* opacities,
+                               const float* viewmats, const float* Ks, const Dims& d, float near_plane,
+                               float far_plane, float eps2d, bool antialiased, int32_t* radii, float* means2d,
+                               float* depths, float* conics, float* opac2d, int32_t* tiles_per_gauss,
+                               cudaStream_t stream);
+
+// Per Gaussian (thread over B*N), loops over the C cameras: gradients of the projection.
+cudaError_t launch_project_bwd(const float* means, const float* quats, const float* scales, const float* opacities,
+                               const float* viewmats, const float* Ks, const Dims& d, float eps2d, bool antialiased,
+                               const int32_t* radii, const float* v_means2d, const float* v_depths,
+                               const float* v_conics, const float* v_opac2d, float* v_means, float* v_quats,
+                               float* v_scales, float* v_opacities, cudaStream_t stream);
+
+// Binning. Step 1: inclusive scan of tiles_per_gauss into offsets (int32, M*N entries; the last is
+// the intersection count).
+// temp == nullptr: writes the needed temp bytes into *temp_bytes and returns.
+cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* counts, int32_t* offsets,
+                               int64_t n, cudaStream_t stream);
+// Step 2: emit keys (image | tile | depth bits) and values (flatten ids) of every intersection.
+cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* depths, const float* conics,
+                             const float* opac2d, const int32_t* offsets, const int32_t* counts, const Dims& d,
+                             int64_t* keys, int32_t* values, cudaStream_t stream);
+// Step 3: radix sort of (key, value) pairs on bits [0, end_bit) with CUB double buffers (keys/values
+// hold the input; *result_in_alt tells whether the sorted pairs are in keys_alt/values_alt).
+// temp == nullptr: writes the needed temp bytes into *temp_bytes and returns.
+cudaError_t launch_sort_pairs(void* temp, size_t* temp_bytes, int64_t* keys, int64_t* keys_alt, int32_t* values,
+                              int32_t* values_alt, int64_t n, int end_bit, bool* result_in_alt,
+                              cudaStream_t stream);
+// Step 4: tile offsets [M*T] from the sorted keys.
+cudaError_t launch_tile_offsets(const int64_t* sorted_keys, int64_t n_isects, const Dims& d, int32_t* tile_offsets,
+                                cudaStream_t stream);
+
+// Rendering (one block per tile).
+cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
+                              const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
+                              int64_t n_isects, const Dims& d, float* out_colors, float* out_alphas,
+                              int32_t* last_ids, float* final_Ts, cudaStream_t stream);
+cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
+                              const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
+                              int64_t n_isects, const Dims& d, const float* final_Ts, const int32_t* last_ids,
+                              const float* v_colors_out, const float* v_alphas_out, float* v_means2d,
+                              float* v_conics, float* v_opac2d, float* v_colors, cudaStream_t stream);
+#endif
+
+// Number of bits needed for values in [0, n): at least 1.
+inline int bit_width(int64_t n) {
+  int b = 1;
+  while ((int64_t(1) << b) < n) ++b;
+  return b;
+}
+
+}  // namespace rasterize
+}  // namespace ffa

@@ -1,0 +1,157 @@
+// CUDA forward blending: one block per (image, tile); the block walks the tile's depth-sorted splats
+// in shared-memory batches, each thread blends its pixel front to back, and the block stops when
+// every pixel is saturated. Channels are processed CH at a time in registers (several launches when
+// D > 32: each recomputes alpha, outputs are identical). Torch-free.
+#include "common/splat_math.h"
+#include "rasterize/rasterize.h"
+
+namespace ffa {
+namespace rasterize {
+namespace {
+
+template <int CH>
+__global__ void render_fwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
+                                  const float* __restrict__ opac2d, const float* __restrict__ colors,
+                                  const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
+                                  const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,
+                                  int nch, float* __restrict__ out_c, float* __restrict__ out_a,
+                                  int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int nt = blockDim.x;
+  int32_t* s_id = reinterpret_cast<int32_t*>(smem);
+  float4* s_xyo = reinterpret_cast<float4*>(s_id + nt);  // x, y, opacity, sigma cutoff
+  float3* s_con = reinterpret_cast<float3*>(s_xyo + nt);
+
+  const int tx = blockIdx.x, ty = blockIdx.y;
+  const int64_t m = blockIdx.z;
+  const int tid = threadIdx.x, ts = d.tile_size;
+  const int i = ty * ts + tid / ts, j = tx * ts + tid % ts;
+  const bool inside = tid < ts * ts && i < d.H && j < d.W;
+  const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
+  const int64_t gt = m * tiles + (int64_t)ty * d.tiles_x + tx;
+  const int32_t start = tile_offsets[gt];
+  const int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1] : n_isects;
+  const int64_t cam = m % d.C, b = m / d.C;
+  const int64_t color_base = (b * d.Cc + (d.Cc == 1 ? 0 : cam)) * d.N;
+  const int64_t img_base = m * d.N;
+
+  const float px = (float)j + 0.5f, py = (float)i + 0.5f;
+  float T = 1.f;
+  float acc[CH];
+#pragma unroll
+  for (int c = 0; c < CH; ++c) acc[c] = 0.f;
+  int32_t last = -1;
+  bool done = !inside;
+
+  for (int32_t bs = start; bs < end; bs += nt) {
+    if (__syncthreads_count(done) == nt) break;
+    int32_t k = bs + tid;
+    if (k < end) {
+      int32_t g = flatten_ids[k];
+      s_id[tid] = g;
+      float2 mm = means2d[g];
+      const float op = opac2d[g];
+      s_xyo[tid] = make_float4(mm.x, mm.y, op, splat::sigma_cutoff<float>(op));
+      s_con[tid] = make_float3(conics[3 * (int64_t)g], conics[3 * (int64_t)g + 1], conics[3 * (int64_t)g + 2]);
+    }
+    __syncthreads();
+    int cnt = min(nt, end - bs);
+    for (int t = 0; t < cnt && !done; ++t) {
+      float4 xyo = s_xyo[t];
+      float3 con = s_con[t];
+      if (splat::splat_far<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.w, px, py)) continue;
+      float alpha, vis, dx, dy;
+      if (!splat::splat_alpha<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.z, px, py, alpha, vis, dx, dy)) continue;
+      float next_T = T * (1.f - alpha);
+      if (next_T <= splat::kTransmittanceEps) {
+        done = true;
+        break;
+      }
+      float w = alpha * T;
+      const float* c = colors + (color_base + (s_id[t] - img_base)) * d.D + chan0;
+#pragma unroll
+      for (int q = 0; q < CH; ++q)
+        if (q < nch) acc[q] += __ldg(c + q) * w;
+      last = bs + t;
+      T = next_T;
+    }
+  }
+  if (!inside) return;
+  int64_t pix = (m * d.H + i) * (int64_t)d.W + j;
+  float* o = out_c + pix * d.D + chan0;
+  const float* bg = backgrounds ? backgrounds + m * d.D + chan0 : nullptr;
+#pragma unroll
+  for (int q = 0; q < CH; ++q)
+    if (q < nch) o[q] = acc[q] + (bg ? T * bg[q] : 0.f);
+  if (chan0 == 0) {
+    out_a[pix] = 1.f - T;
+    final_Ts[pix] = T;
+    last_ids[pix] = last;
+  }
+}
+
+template <int CH>
+cudaError_t launch_ch(const float* means2d, const float* conics, const float* opac2d, const float* colors,
+                      const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
+                      int64_t n_isects, const Dims& d, int chan0, int nch, float* out_c, float* out_a,
+                      int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
+  int nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
+  dim3 grid(d.tiles_x, d.tiles_y, (unsigned)(d.B * d.C));
+  size_t shmem = (size_t)nt * (sizeof(int32_t) + sizeof(float4) + sizeof(float3));
+  render_fwd_kernel<CH><<<grid, nt, shmem, stream>>>(reinterpret_cast<const float2*>(means2d), conics, opac2d, colors,
+                                                     backgrounds, tile_offsets, flatten_ids, (int32_t)n_isects, d,
+                                                     chan0, nch, out_c, out_a, last_ids, final_Ts);
+  return cudaGetLastError();
+}
+
+
+// Largest channel chunk whose kernel can run with nt threads per block (register budget: e.g.
+// 32x32 tiles have 1024 threads, which the 32-channel instantiations do not fit).
+template <int CH>
+bool fits(int nt) {
+  cudaFuncAttributes a;
+  if (cudaFuncGetAttributes(&a, render_fwd_kernel<CH>) != cudaSuccess) return false;
+  return a.maxThreadsPerBlock >= nt;
+}
+
+inline int max_chunk(int nt) {
+  static int cache[33] = {0};  // by warps per block (nt <= 1024); benign race, same value
+  int& c = cache[nt / 32];
+  if (c == 0) c = fits<32>(nt) ? 32 : fits<16>(nt) ? 16 : fits<8>(nt) ? 8 : fits<4>(nt) ? 4 : fits<2>(nt) ? 2 : 1;
+  cudaGetLastError();  // clear a failed attribute query
+  return c;
+}
+}  // namespace
+
+cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
+                              const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
+                              int64_t n_isects, const Dims& d, float* out_colors, float* out_alphas,
+                              int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
+  if (d.B * d.C == 0) return cudaSuccess;
+  if (d.B * d.C > 65535) return cudaErrorInvalidConfiguration;
+  // D == 0 still needs one pass for alphas
+  int64_t D = d.D;
+  int64_t chan0 = 0;
+  const int chunk = max_chunk(((d.tile_size * d.tile_size + 31) / 32) * 32);
+  do {
+    int nch = (int)(D - chan0 < chunk ? D - chan0 : chunk);
+    cudaError_t e;
+#define FFA_CH(CHN)                                                                                              \
+  e = launch_ch<CHN>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, n_isects, d,     \
+                     (int)chan0, nch, out_colors, out_alphas, last_ids, final_Ts, stream)
+    if (nch <= 1) FFA_CH(1);
+    else if (nch == 2) FFA_CH(2);
+    else if (nch == 3) FFA_CH(3);
+    else if (nch == 4) FFA_CH(4);
+    else if (nch <= 8) FFA_CH(8);
+    else if (nch <= 16) FFA_CH(16);
+    else FFA_CH(32);
+#undef FFA_CH
+    if (e != cudaSuccess) return e;
+    chan0 += chunk;
+  } while (chan0 < D);
+  return cudaSuccess;
+}
+
+}  // namespace rasterize
+}  // namespace ffa

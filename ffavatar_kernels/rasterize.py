@@ -1,0 +1,199 @@
+"""Tile-based 3D Gaussian splatting with backward (``gsplat.rasterization`` contract, 1.5.3 conventions).
+
+The op is a pipeline of compiled ops (``torch.ops.ffavatar.rasterize_*``): project (EWA, fused with
+the tight tile count) -> bin (scan, keys, radix sort, tile offsets) -> render (front-to-back
+blending). Autograd flows through project and render; ``meta["means2d"]`` is a node of the graph,
+so ``meta["means2d"].retain_grad()`` before ``backward()`` gives its gradient (as in gsplat).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from . import _ext, _rasterize_ops
+from ._validate import check_same_device, check_tensor
+
+_rasterize_ops.register()  # fake kernels + autograd (no-op without the compiled library)
+
+_RENDER_MODES = ("RGB", "ED", "RGB+ED")
+_RASTER_MODES = ("classic", "antialiased")
+
+
+def _depth_background(bg, D, Dp, render_mode):
+    """Backgrounds with Dp channels (one per output channel) are used as given; gsplat's form, with
+    only the D colour channels, gets a zero depth background in the ED modes (as gsplat does)."""
+    if bg.shape[-1] == Dp:
+        return bg
+    if render_mode == "RGB+ED" and bg.shape[-1] == D:
+        return torch.cat([bg, bg.new_zeros(bg.shape[:-1] + (1,))], -1)
+    if render_mode == "ED" and bg.shape[-1] == D:
+        return bg.new_zeros(bg.shape[:-1] + (1,))
+    raise ValueError(f"backgrounds: expected last dim {Dp} (channels of render_mode {render_mode!r})"
+                     f"{'' if render_mode == 'RGB' else f' or {D} (colour channels, zero depth background)'}, "
+                     f"got shape {list(bg.shape)}")
+
+
+def _fast_ok(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds) -> bool:
+    """Cheap all-good test (the common case); any doubt falls through to the detailed checks."""
+    try:
+        sh = means.shape
+        lead, N = tuple(sh[:-2]), sh[-2]
+        if len(lead) > 1 or sh[-1] != 3:
+            return False
+        dt, dev = means.dtype, means.device
+        C = viewmats.shape[-3]
+        if (quats.shape != lead + (N, 4) or scales.shape != sh or opacities.shape != lead + (N,)
+                or viewmats.shape != lead + (C, 4, 4) or Ks.shape != lead + (C, 3, 3)):
+            return False
+        cs = colors.shape
+        if cs[:-1] != lead + (N,) and cs[:-1] != lead + (C, N):
+            return False
+        ts = (quats, scales, opacities, colors, viewmats, Ks) if backgrounds is None else \
+            (quats, scales, opacities, colors, viewmats, Ks, backgrounds)
+        if backgrounds is not None and backgrounds.shape[:-1] != lead + (C,):
+            return False
+        if dt not in (torch.float32, torch.float64) or (dt != torch.float32 and dev.type == "cuda"):
+            return False
+        return all(t.dtype == dt and t.device == dev for t in ts)
+    except (AttributeError, TypeError, IndexError):
+        return False
+
+
+def _normalize(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode):
+    """Validate; return batched contiguous tensors: means [B,N,3] ... colors [B,Cc,N,D], bg [B,C,D']."""
+    if _fast_ok(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds):
+        return _batch(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
+    if not isinstance(means, torch.Tensor):
+        raise TypeError(f"means: expected a torch.Tensor, got {type(means).__name__}")
+    if means.dim() not in (2, 3):
+        raise ValueError(f"means: expected shape [N,3] or [B,N,3], got {list(means.shape)}")
+    batched = means.dim() == 3
+    pre = ("B",) if batched else ()
+    sizes: dict = {}
+    floats = (torch.float32, torch.float64)
+    check_tensor("means", means, pre + ("N", 3), floats, sizes=sizes)
+    check_tensor("quats", quats, pre + ("N", 4), means.dtype, sizes=sizes)
+    check_tensor("scales", scales, pre + ("N", 3), means.dtype, sizes=sizes)
+    check_tensor("opacities", opacities, pre + ("N",), means.dtype, sizes=sizes)
+    check_tensor("viewmats", viewmats, pre + ("C", 4, 4), means.dtype, sizes=sizes)
+    check_tensor("Ks", Ks, pre + ("C", 3, 3), means.dtype, sizes=sizes)
+    if not isinstance(colors, torch.Tensor):
+        raise TypeError(f"colors: expected a torch.Tensor, got {type(colors).__name__}")
+    if colors.dim() == len(pre) + 2:
+        check_tensor("colors", colors, pre + ("N", None), means.dtype, sizes=sizes)
+    else:
+        want = "[B,N,D] or [B,C,N,D]" if batched else "[N,D] or [C,N,D]"
+        if colors.dim() != len(pre) + 3:
+            raise ValueError(f"colors: expected shape {want}, got {list(colors.shape)}")
+        check_tensor("colors", colors, pre + ("C", "N", None), means.dtype, sizes=sizes)
+    D = colors.shape[-1]
+    Dp = {"RGB": D, "ED": 1, "RGB+ED": D + 1}[render_mode]
+    if backgrounds is not None:
+        check_tensor("backgrounds", backgrounds, pre + ("C", None), means.dtype, sizes=sizes)
+        _depth_background(backgrounds, D, Dp, render_mode)  # raises on a wrong channel count
+    dev = check_same_device(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
+                            viewmats=viewmats, Ks=Ks, backgrounds=backgrounds)
+    if dev.type == "cuda" and means.dtype != torch.float32:
+        raise TypeError(f"means: expected dtype float32 on CUDA, got {str(means.dtype).replace('torch.', '')}")
+    return _batch(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
+
+
+def _batch(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode):
+    batched = means.dim() == 3
+    if backgrounds is not None:
+        D = colors.shape[-1]
+        backgrounds = _depth_background(backgrounds, D, {"RGB": D, "ED": 1, "RGB+ED": D + 1}[render_mode],
+                                        render_mode)
+    if not batched:
+        means, quats, scales, opacities = means[None], quats[None], scales[None], opacities[None]
+        viewmats, Ks = viewmats[None], Ks[None]
+        colors = colors[None]
+        if backgrounds is not None:
+            backgrounds = backgrounds[None]
+    if colors.dim() == 3:
+        colors = colors[:, None]
+    c = lambda t: None if t is None else t.contiguous()
+    return batched, [c(t) for t in (means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)]
+
+
+def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, *, near_plane=0.01,
+              far_plane=1e10, eps2d=0.3, render_mode="RGB", rasterize_mode="classic", backgrounds=None,
+              tile_size=16):
+    """Render 3D Gaussians through pinhole cameras (tile-based splatting, forward and backward).
+
+    Args:
+        means: [N,3] or [B,N,3] Gaussian centres (world).
+        quats: [N,4] or [B,N,4] rotations, wxyz, need not be normalized.
+        scales: [N,3] or [B,N,3] axis scales (already activated, > 0).
+        opacities: [N] or [B,N] opacities in [0,1].
+        colors: [N,D] or [C,N,D] (batched: [B,N,D] or [B,C,N,D]); per Gaussian or per camera, any D.
+        viewmats: [C,4,4] or [B,C,4,4] world-to-camera.
+        Ks: [C,3,3] or [B,C,3,3] pinhole intrinsics.
+        width, height: image size in pixels.
+        near_plane, far_plane: depth culling (camera z).
+        eps2d: low-pass added to the 2D covariance diagonal.
+        render_mode: "RGB", "ED" (expected depth) or "RGB+ED" (depth appended as the last channel).
+        rasterize_mode: "classic" or "antialiased" (opacity x sqrt(det Σ / det(Σ + eps2d I))).
+        backgrounds: [C,D'] or [B,C,D'] (D' = channels of the render mode), added as T x background;
+            in the ED modes gsplat's form [...,C,D] (colour channels only) is accepted too and gets a
+            zero depth background, as in gsplat.
+        tile_size: tile edge in pixels (1..32).
+
+    Returns:
+        render_colors [C,H,W,D'] (or [B,C,H,W,D']), render_alphas [C,H,W,1] (or [B,C,H,W,1]), and
+        meta: radii [...,C,N,2] int32, means2d [...,C,N,2], depths [...,C,N], conics [...,C,N,3],
+        opacities [...,C,N] (after compensation), visibility [...,C,N] bool, tiles_per_gauss,
+        isect_offsets [...,C,TH,TW], flatten_ids [n_isects], n_isects, last_ids, sizes.
+    """
+    if render_mode not in _RENDER_MODES:
+        raise ValueError(f"render_mode: expected one of {_RENDER_MODES}, got {render_mode!r}")
+    if rasterize_mode not in _RASTER_MODES:
+        raise ValueError(f"rasterize_mode: expected one of {_RASTER_MODES}, got {rasterize_mode!r}")
+    try:
+        width, height, tile_size = (operator.index(v) for v in (width, height, tile_size))
+    except TypeError:
+        raise TypeError(f"width, height, tile_size: expected ints, got {type(width).__name__}, "
+                        f"{type(height).__name__}, {type(tile_size).__name__}") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"width, height: expected > 0, got {width}x{height}")
+    if not 1 <= tile_size <= 32:
+        raise ValueError(f"tile_size: expected 1..32, got {tile_size}")
+    if not (near_plane < far_plane):
+        raise ValueError(f"near_plane, far_plane: expected near < far, got {near_plane}, {far_plane}")
+    if eps2d < 0:
+        raise ValueError(f"eps2d: expected >= 0, got {eps2d}")
+    batched, (means, quats, scales, opacities, colors, viewmats, Ks, bg) = _normalize(
+        means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
+    _ext.require("rasterize")
+    _rasterize_ops.register()
+    ops = torch.ops.ffavatar
+    B, N, C = means.shape[0], means.shape[1], viewmats.shape[1]
+    means2d, depths, conics, opac2d, radii, tiles = ops.rasterize_project(
+        means, quats, scales, opacities, viewmats, Ks, width, height, float(near_plane), float(far_plane),
+        float(eps2d), rasterize_mode == "antialiased", tile_size)
+    meta_means2d = means2d if batched else means2d.squeeze(0)
+    means2d_in = meta_means2d if batched else meta_means2d.unsqueeze(0)
+    visibility = (radii > 0).any(-1)  # queued before the bin's host sync
+    offsets, flatten_ids = ops.rasterize_bin(means2d, radii, depths, conics, opac2d, tiles, width, height,
+                                             tile_size)
+    if render_mode == "RGB":
+        cols = colors
+    elif render_mode == "ED":
+        cols = depths[..., None]
+    else:
+        cols = torch.cat([colors.expand(B, C, N, colors.shape[-1]), depths[..., None]], -1)
+    img, alpha, last_ids, _final_t = ops.rasterize_render(means2d_in, conics, opac2d, cols.contiguous(), bg,
+                                                          offsets, flatten_ids, width, height, tile_size)
+    if render_mode != "RGB":
+        img = torch.cat([img[..., :-1], img[..., -1:] / alpha.clamp(min=1e-10)], -1)
+    meta = dict(radii=radii, means2d=means2d, depths=depths, conics=conics, opacities=opac2d,
+                visibility=visibility, tiles_per_gauss=tiles, isect_offsets=offsets, last_ids=last_ids)
+    if not batched:
+        img, alpha = img[0], alpha[0]
+        meta = {k: v.squeeze(0) for k, v in meta.items()}
+        meta["means2d"] = meta_means2d
+    meta.update(flatten_ids=flatten_ids, n_isects=flatten_ids.shape[0], width=width, height=height,
+                tile_size=tile_size, tile_width=offsets.shape[-1], tile_height=offsets.shape[-2], n_cameras=C,
+                n_batches=B if batched else None)
+    return img, alpha, meta

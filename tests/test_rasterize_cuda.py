@@ -1,0 +1,194 @@
+"""rasterize on CUDA: vs the float64 reference (every output, every gradient), vs the CPU op
+(binning and images), edge cases, poisoned buffers, opcheck, and vs gsplat 1.5.3 when installed."""
+import pytest
+import torch
+
+from ffavatar_kernels import _ext
+from ffavatar_kernels.rasterize import rasterize
+from ffavatar_kernels.reference.rasterize import rasterize as rasterize_ref
+from test_rasterize_helpers import cast, make_scene, rel, run_with_grads
+
+
+
+def _has_cuda_rasterize() -> bool:
+    return _ext.load() and hasattr(torch.ops.ffavatar, "rasterize_render") and \
+        torch._C._dispatch_has_kernel_for_dispatch_key("ffavatar::rasterize_render", "CUDA")
+
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not _has_cuda_rasterize(), reason="extension built without CUDA kernels")]
+
+MODES = [("RGB", "classic"), ("RGB", "antialiased"), ("ED", "classic"), ("RGB+ED", "antialiased")]
+
+
+def _bg(scene, mode):
+    D = scene["colors"].shape[-1]
+    Dp = {"RGB": D, "ED": 1, "RGB+ED": D + 1}[mode]
+    return torch.rand(scene["viewmats"].shape[:-2] + (Dp,), dtype=scene["means"].dtype,
+                      device=scene["means"].device)
+
+
+def _poison_cache():
+    # fill the caching allocator's free blocks with NaN so unwritten outputs show up
+    x = torch.full((64 << 20,), float("nan"), device="cuda")
+    del x
+
+
+def _check_vs_ref(ref_scene, bg, ftol=1e-5, gtol=1e-4, **kw):
+    ri, ra, rm, rg = run_with_grads(rasterize_ref, ref_scene, bg, **kw)
+    _poison_cache()
+    s = cast(ref_scene, torch.float32, "cuda")
+    oi, oa, om, og = run_with_grads(rasterize, s, None if bg is None else bg.float().cuda(), **kw)
+    torch.cuda.synchronize()
+    assert torch.isfinite(oi).all() and torch.isfinite(oa).all()
+    assert rel(oi, ri) < ftol and rel(oa, ra) < ftol, (rel(oi, ri), rel(oa, ra))
+    assert (om["radii"].cpu() - rm["radii"]).abs().max() <= 1 if rm["radii"].numel() else True
+    for k in ("means2d", "depths", "conics", "opacities"):
+        assert rel(om[k], rm[k]) < ftol, k
+    for k in rg:
+        if rg[k] is None:
+            continue
+        assert torch.isfinite(og[k]).all(), k
+        assert rel(og[k], rg[k]) < gtol, (k, rel(og[k], rg[k]))
+    return om
+
+
+@pytest.mark.parametrize("render_mode,rasterize_mode", MODES)
+@pytest.mark.parametrize("batched", [False, True])
+def test_cuda_matches_reference(render_mode, rasterize_mode, batched):
+    s = make_scene(N=60, C=3, W=45, H=35, D=3, B=2 if batched else None, per_camera=batched)
+    _check_vs_ref(s, _bg(s, render_mode), render_mode=render_mode, rasterize_mode=rasterize_mode)
+
+
+@pytest.mark.parametrize("D", [1, 2, 3, 4, 5, 8, 16, 32, 33, 70])
+def test_cuda_channels(D):
+    s = make_scene(N=50, C=2, W=40, H=24, D=D)
+    _check_vs_ref(s, _bg(s, "RGB"))
+
+
+@pytest.mark.parametrize("tile_size", [16, 8, 5, 32])
+@pytest.mark.parametrize("W,H", [(1, 1), (17, 33), (64, 48), (100, 7)])
+def test_cuda_sizes_and_tiles(tile_size, W, H):
+    s = make_scene(N=40, C=2, W=W, H=H, D=3, spread=0.4)
+    _check_vs_ref(s, None, tile_size=tile_size)
+
+
+def test_cuda_dense_saturated_scene():
+    # many overlapping opaque splats: long per-tile lists (several shared-memory batches), early stop
+    s = make_scene(N=2000, C=2, W=64, H=64, D=3, spread=0.25, scale=(0.05, 0.2))
+    s["opacities"] = s["opacities"] * 0.1 + 0.88
+    _check_vs_ref(s, _bg(s, "RGB"))
+
+
+def test_cuda_matches_cpu_binning_and_images():
+    s = make_scene(N=300, C=2, W=70, H=50, D=3, B=2, spread=0.8, dtype=torch.float32)
+    ci, ca, cm = rasterize(**s)
+    gi, ga, gm = rasterize(**cast(s, None, "cuda"))
+    assert abs(gm["n_isects"] - cm["n_isects"]) <= max(2, cm["n_isects"] // 1000)
+    assert torch.equal(gm["visibility"].cpu(), cm["visibility"])
+    assert (gi.cpu() - ci).abs().max() < 1e-4 and (ga.cpu() - ca).abs().max() < 1e-4
+    if gm["n_isects"] == cm["n_isects"]:
+        assert torch.equal(gm["isect_offsets"].cpu(), cm["isect_offsets"])
+
+
+def test_cuda_edge_cases():
+    dev = "cuda"
+    s = make_scene(N=0, C=2, W=10, H=6, dtype=torch.float32, device=dev)
+    bg = torch.rand(2, 3, device=dev)
+    img, alpha, meta = rasterize(**s, backgrounds=bg)
+    assert torch.allclose(img, bg[:, None, None].expand_as(img)) and (alpha == 0).all()
+    s = make_scene(N=30, C=1, W=16, H=16, dtype=torch.float32, device=dev)
+    s["means"] = s["means"].clone()
+    s["means"][:, 2] *= -1
+    out = run_with_grads(rasterize, s)
+    assert (out[1] == 0).all() and all((g == 0).all() for g in out[3].values())
+    one = make_scene(N=1, C=1, W=50, H=30, dtype=torch.float64)
+    one["means"] = torch.tensor([[0.0, 0.0, 3.0]], dtype=torch.float64)
+    one["scales"] = torch.tensor([[5.0, 3.0, 4.0]], dtype=torch.float64)
+    om = _check_vs_ref(one, None)
+    assert om["n_isects"] == 8
+
+
+def test_cuda_degenerate_inputs_are_finite():
+    s = make_scene(N=40, C=2, W=32, H=32, dtype=torch.float32, device="cuda")
+    s["scales"][:5] = 0.0          # points: the 2D covariance is eps2d only
+    s["scales"][5:10, :2] = 1e-8   # needles
+    s["quats"][10] = torch.tensor([1e-20, 0, 0, 0])  # underflows to zero with flush-to-zero
+    s["quats"][11] = 0.0
+    s["means"][12:15, 2] = 0.0100001  # at the near plane
+    s["opacities"][15:20] = 0.9999
+    for mode in ("classic", "antialiased"):
+        img, alpha, meta, grads = run_with_grads(rasterize, s, rasterize_mode=mode, render_mode="RGB+ED")
+        assert torch.isfinite(img).all() and torch.isfinite(alpha).all()
+        for k, g in grads.items():
+            assert torch.isfinite(g).all(), (mode, k)
+
+
+def test_cuda_means2d_grad_and_determinism_of_forward():
+    s = make_scene(N=200, C=2, W=64, H=64, dtype=torch.float32, device="cuda")
+    s["means"].requires_grad_(True)
+    img, alpha, meta = rasterize(**s)
+    meta["means2d"].retain_grad()
+    img.sum().backward()
+    assert meta["means2d"].grad is not None and meta["means2d"].grad.abs().sum() > 0
+    img2, _, _ = rasterize(**{k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in s.items()})
+    assert torch.equal(img.detach(), img2)
+
+
+def test_cuda_opcheck():
+    from ffavatar_kernels import _rasterize_ops
+    _rasterize_ops.register()
+    ops = torch.ops.ffavatar
+    s = make_scene(N=30, C=2, W=40, H=30, dtype=torch.float32, device="cuda")
+    b = {k: s[k][None].contiguous() for k in ("means", "quats", "scales", "opacities", "viewmats", "Ks")}
+    args = (b["means"], b["quats"], b["scales"], b["opacities"], b["viewmats"], b["Ks"], 40, 30, 0.01, 1e10, 0.3,
+            True, 16)
+    torch.library.opcheck(ops.rasterize_project, args)
+    means2d, depths, conics, opac, radii, tiles = ops.rasterize_project(*args)
+    bin_args = (means2d, radii, depths, conics, opac, tiles, 40, 30, 16)
+    torch.library.opcheck(ops.rasterize_bin, bin_args, test_utils=("test_schema", "test_faketensor"))
+    offs, fids = ops.rasterize_bin(*bin_args)
+    cols = torch.rand(1, 2, 30, 3, device="cuda")
+    bg = torch.rand(1, 2, 3, device="cuda")
+    torch.library.opcheck(ops.rasterize_render, (means2d, conics, opac, cols, bg, offs, fids, 40, 30, 16))
+
+
+# ---- gsplat 1.5.3 comparison ------------------------------------------------------------------
+
+def _gsplat_compare(s, render_mode="RGB", rasterize_mode="classic", bg=None):
+    gsplat = pytest.importorskip("gsplat")
+    if bg is not None and render_mode != "RGB":  # gsplat's form: colour channels (zero depth background)
+        bg = torch.rand(bg.shape[:-1] + s["colors"].shape[-1:], device=bg.device)
+    keys = ("means", "quats", "scales", "opacities", "colors")
+    ours = run_with_grads(rasterize, s, bg, render_mode=render_mode, rasterize_mode=rasterize_mode)
+
+    def g_fn(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds=None, **kw):
+        img, alpha, meta = gsplat.rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width,
+                                                height, backgrounds=backgrounds, packed=False, **kw)
+        return img, alpha, meta
+
+    theirs = run_with_grads(g_fn, s, bg, render_mode=render_mode, rasterize_mode=rasterize_mode)
+    for c in range(ours[0].shape[-1]):
+        diff = (ours[0][..., c] - theirs[0][..., c]).abs().max().item()
+        tol = 1e-4 if not (render_mode != "RGB" and c == ours[0].shape[-1] - 1) else 1e-4 * s["means"][..., 2].abs().max().item()
+        assert diff <= tol, (c, diff)
+    assert (ours[1] - theirs[1]).abs().max().item() <= 1e-4
+    for k in keys:
+        a, b = ours[3][k], theirs[3][k]
+        if a is None or b is None:
+            continue
+        cos = torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+        assert cos >= 0.9999, (k, cos)
+
+
+@pytest.mark.parametrize("render_mode,rasterize_mode", MODES)
+def test_vs_gsplat_random(render_mode, rasterize_mode):
+    s = make_scene(N=3000, C=3, W=96, H=80, D=3, spread=0.7, dtype=torch.float32, device="cuda")
+    _gsplat_compare(s, render_mode, rasterize_mode, bg=_bg(s, render_mode))
+
+
+def test_vs_gsplat_head():
+    pytest.importorskip("gsplat")
+    from ffavatar_kernels._rasterize_scenes import head_scene
+    s = head_scene(C=2, size=256, device="cuda")
+    _gsplat_compare(s)
