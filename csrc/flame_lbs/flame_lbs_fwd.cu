@@ -16,6 +16,25 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// dst[e] = get(e) for e < n over the block, kFill loads issued before their stores.
+constexpr int kFill = 8;
+template <typename F>
+__device__ __forceinline__ void fill_smem(float* dst, int n, F get) {
+  for (int e0 = threadIdx.x; e0 < n; e0 += kFill * blockDim.x) {
+    float v[kFill];
+#pragma unroll
+    for (int u = 0; u < kFill; ++u) {
+      const int e = e0 + u * blockDim.x;
+      v[u] = e < n ? get(e) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kFill; ++u) {
+      const int e = e0 + u * blockDim.x;
+      if (e < n) dst[e] = v[u];
+    }
+  }
+}
+
 __global__ void joints_fwd_kernel(const float* __restrict__ betas, const float* __restrict__ pose, bool is_matrix,
                                   const float* __restrict__ Jt, const float* __restrict__ Jd, Parents par, int J,
                                   int S, float* __restrict__ rot, float* __restrict__ joints, float* __restrict__ A) {
@@ -55,18 +74,16 @@ __global__ void __launch_bounds__(256) vertices_fwd_kernel(
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
   for (int b0 = 0; b0 < B; b0 += BT) {
     const int nb = min(BT, B - b0);
-    for (int e = threadIdx.x; e < BT * S; e += blockDim.x) {
-      int bt = e / S;
-      s_b[e] = bt < nb ? betas[(int64_t)(b0 + bt) * S + e % S] : 0.f;
-    }
-    for (int e = threadIdx.x; e < BT * P; e += blockDim.x) {
-      int bt = e / P, p = e % P, k = p % 9;
-      s_pf[e] = bt < nb ? rot[(int64_t)(b0 + bt) * J * 9 + 9 + p] - ((k == 0 || k == 4 || k == 8) ? 1.f : 0.f) : 0.f;
-    }
-    for (int e = threadIdx.x; e < BT * J * 16; e += blockDim.x) {
-      int bt = e / (J * 16);
-      s_A[e] = bt < nb ? A[(int64_t)b0 * J * 16 + e] : 0.f;
-    }
+    // 8 independent loads in flight per thread (one latency per 8 elements instead of one each)
+    fill_smem(s_b, BT * S, [&](int e) {
+      const int bt = e / S;
+      return bt < nb ? betas[(int64_t)(b0 + bt) * S + e % S] : 0.f;
+    });
+    fill_smem(s_pf, BT * P, [&](int e) {
+      const int bt = e / P, p = e % P, k = p % 9;
+      return bt < nb ? rot[(int64_t)(b0 + bt) * J * 9 + 9 + p] - ((k == 0 || k == 4 || k == 8) ? 1.f : 0.f) : 0.f;
+    });
+    fill_smem(s_A, BT * J * 16, [&](int e) { return e / (J * 16) < nb ? A[(int64_t)b0 * J * 16 + e] : 0.f; });
     __syncthreads();
     for (int v = blockIdx.x * nw + warp; v < V; v += gridDim.x * nw) {
       float acc[BT][3];
@@ -145,36 +162,89 @@ cudaError_t launch_vertices_bt(const float* betas, const float* rot, const float
     FFA_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const int threads = 256, per_block = threads / kWarp;
   int blocks = (V + per_block - 1) / per_block;
-  if (B > BT) blocks = blocks < 1024 ? blocks : 1024;  // several chunks: amortize the smem loads
+  // Resident blocks only (grid-stride over vertices): the smem preload of a chunk (BT*S betas etc.)
+  // is paid once per resident block instead of once per 8 vertices.
+  int dev = 0, sms = 0, occ = 0;
+  FFA_RETURN_IF_CUDA_ERROR(cudaGetDevice(&dev));
+  FFA_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  FFA_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, threads, smem));
+  const int resident = sms * (occ > 0 ? occ : 1);
+  if (blocks > resident) blocks = resident;
   kernel<<<blocks, threads, smem, stream>>>(betas, rot, A, vt, sd, pd, W, B, V, J, S, verts, v_posed);
   return cudaGetLastError();
 }
 
-// KT: anchors per Gaussian as a compile-time constant (loops unroll, anchors stay in registers).
-template <typename I, int KT>
+// One thread per (Gaussian, group of kGaussFrames frames); grid (ceil(N/256), ceil(B/kGaussFrames)).
+// Per Gaussian, once for its frames: anchors (KT, compile-time), joint weights wg [J] (the K*J
+// gathers of lbs_weights), canonical quaternion. Per frame: M = sum_j wg_j A_j (A of the block's
+// frames in smem, broadcast reads), the anchored point (K*3 gathers of v_posed), Shepperd, stores
+// (lanes = consecutive Gaussians: coalesced; quats as float4). JT: joint count bound (registers).
+constexpr int kGaussFrames = 4;
+
+template <typename I, int KT, int JT>
 __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restrict__ v_posed, const float* __restrict__ A,
                                      const float* __restrict__ W, const I* __restrict__ idx,
                                      const float* __restrict__ aw, const float* __restrict__ off, bool off_batched,
-                                     const float* __restrict__ quats, bool means_only, int V, int J, int N,
+                                     const float* __restrict__ quats, bool means_only, int B, int V, int J, int N,
                                      float* __restrict__ means, float* __restrict__ qout) {
-  constexpr int K = KT;
-  __shared__ float s_A[kMaxJoints * 16];
-  const int b = blockIdx.y;
-  for (int e = threadIdx.x; e < J * 16; e += blockDim.x) s_A[e] = A[(int64_t)b * J * 16 + e];
+  __shared__ float s_A[kGaussFrames * JT * 16];  // [nb,J,16] A of this block's frames
+  const int b0 = blockIdx.y * kGaussFrames, nb = min(kGaussFrames, B - b0);
+  fill_smem(s_A, nb * J * 16, [&](int e) { return A[(int64_t)b0 * J * 16 + e]; });
   __syncthreads();
   const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (n >= N) return;
-  const int64_t i = (int64_t)b * N + n;
-  I id[K];
-  float w[K];
+  I id[KT];
+  float w[KT], wg[JT], qc[4];
 #pragma unroll
-  for (int k = 0; k < K; ++k) { id[k] = idx[n * K + k]; w[k] = aw[n * K + k]; }
-  const float* o = off ? off + (off_batched ? i : n) * 3 : nullptr;
-  float m[3], q[4];
-  gaussian_forward(J, K, id, w, v_posed + (int64_t)b * V * 3, W, s_A, o, quats ? quats + n * 4 : nullptr,
-                   means_only, m, q);
-  for (int c = 0; c < 3; ++c) means[i * 3 + c] = m[c];
-  reinterpret_cast<float4*>(qout)[i] = make_float4(q[0], q[1], q[2], q[3]);
+  for (int k = 0; k < KT; ++k) { id[k] = idx[n * KT + k]; w[k] = aw[n * KT + k]; }
+#pragma unroll
+  for (int j = 0; j < JT; ++j) wg[j] = 0.f;
+#pragma unroll
+  for (int k = 0; k < KT; ++k) {  // same order as anchor_joint_weights (CPU path)
+    const float* Wk = W + (int64_t)id[k] * J;
+#pragma unroll
+    for (int j = 0; j < JT; ++j)
+      if (j < J) wg[j] += w[k] * __ldg(Wk + j);
+  }
+  canonical_quat(quats ? quats + n * 4 : nullptr, qc);
+  for (int bt = 0; bt < nb; ++bt) {
+    const int64_t b = b0 + bt, i = b * N + n;
+    float M[12], p[3], m[3], q[4];
+#pragma unroll
+    for (int e = 0; e < 12; ++e) M[e] = 0.f;
+#pragma unroll
+    for (int j = 0; j < JT; ++j) {  // same order as blend_transform
+      if (j < J) {
+        const float4* Aj = reinterpret_cast<const float4*>(s_A + (bt * J + j) * 16);
+#pragma unroll
+        for (int r = 0; r < 3; ++r) {
+          const float4 a = Aj[r];
+          M[r * 4 + 0] += wg[j] * a.x; M[r * 4 + 1] += wg[j] * a.y;
+          M[r * 4 + 2] += wg[j] * a.z; M[r * 4 + 3] += wg[j] * a.w;
+        }
+      }
+    }
+    anchor_point(KT, id, w, v_posed + b * V * 3, off ? off + (off_batched ? i : n) * 3 : nullptr, p);
+    gaussian_pose(M, p, qc, means_only, m, q);
+    for (int c = 0; c < 3; ++c) means[i * 3 + c] = m[c];
+    reinterpret_cast<float4*>(qout)[i] = make_float4(q[0], q[1], q[2], q[3]);
+  }
+}
+
+template <typename I, int KT>
+cudaError_t launch_gaussians_k(const float* v_posed, const float* A, const float* W, const I* idx, const float* aw,
+                               const float* offsets, bool offsets_batched, const float* quats, bool means_only,
+                               int B, int V, int J, int N, float* means, float* qout, cudaStream_t stream) {
+  const int threads = 256;
+  dim3 grid((N + threads - 1) / threads, (B + kGaussFrames - 1) / kGaussFrames);
+#define FFA_LBS_GFWD(JT)                                                                                       \
+  gaussians_fwd_kernel<I, KT, JT><<<grid, threads, 0, stream>>>(v_posed, A, W, idx, aw, offsets, offsets_batched, \
+                                                                quats, means_only, B, V, J, N, means, qout)
+  if (J <= 8) FFA_LBS_GFWD(8);
+  else if (J <= 32) FFA_LBS_GFWD(32);
+  else FFA_LBS_GFWD(kMaxJoints);
+#undef FFA_LBS_GFWD
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -206,20 +276,17 @@ cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const flo
                                  const float* offsets, bool offsets_batched, const float* quats, bool means_only,
                                  int B, int V, int J, int N, int K, float* means, float* qout, cudaStream_t stream) {
   if (B == 0 || N == 0) return cudaSuccess;
-  const int threads = 256;
-  dim3 grid((N + threads - 1) / threads, B);
-#define FFA_LBS_GFWD(KT)                                                                                 \
-  gaussians_fwd_kernel<I, KT><<<grid, threads, 0, stream>>>(v_posed, A, W, idx, aw, offsets, offsets_batched, quats, \
-                                                            means_only, V, J, N, means, qout)
+  if (J > kMaxJoints) return cudaErrorInvalidValue;
+#define FFA_LBS_GK(KT) \
+  launch_gaussians_k<I, KT>(v_posed, A, W, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, N, means, qout, stream)
   switch (K) {
-    case 1: FFA_LBS_GFWD(1); break;
-    case 2: FFA_LBS_GFWD(2); break;
-    case 3: FFA_LBS_GFWD(3); break;
-    case 4: FFA_LBS_GFWD(4); break;
+    case 1: return FFA_LBS_GK(1);
+    case 2: return FFA_LBS_GK(2);
+    case 3: return FFA_LBS_GK(3);
+    case 4: return FFA_LBS_GK(4);
     default: return cudaErrorInvalidValue;
   }
-#undef FFA_LBS_GFWD
-  return cudaGetLastError();
+#undef FFA_LBS_GK
 }
 
 template cudaError_t launch_gaussians_fwd<int32_t>(const float*, const float*, const float*, const int32_t*,
