@@ -105,16 +105,18 @@ def _batch(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, r
         D = colors.shape[-1]
         backgrounds = _depth_background(backgrounds, D, {"RGB": D, "ED": 1, "RGB+ED": D + 1}[render_mode],
                                         render_mode)
+    # unsqueeze/contiguous rather than indexing: fewer Python-level dispatcher calls per rasterize call
     if not batched:
-        means, quats, scales, opacities = means[None], quats[None], scales[None], opacities[None]
-        viewmats, Ks = viewmats[None], Ks[None]
-        colors = colors[None]
+        means, quats, scales, opacities = means.unsqueeze(0), quats.unsqueeze(0), scales.unsqueeze(0), \
+            opacities.unsqueeze(0)
+        viewmats, Ks, colors = viewmats.unsqueeze(0), Ks.unsqueeze(0), colors.unsqueeze(0)
         if backgrounds is not None:
-            backgrounds = backgrounds[None]
+            backgrounds = backgrounds.unsqueeze(0)
     if colors.dim() == 3:
-        colors = colors[:, None]
-    c = lambda t: None if t is None else t.contiguous()
-    return batched, [c(t) for t in (means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)]
+        colors = colors.unsqueeze(1)
+    return batched, [means.contiguous(), quats.contiguous(), scales.contiguous(), opacities.contiguous(),
+                     colors.contiguous(), viewmats.contiguous(), Ks.contiguous(),
+                     None if backgrounds is None else backgrounds.contiguous()]
 
 
 def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, *, near_plane=0.01,
@@ -165,8 +167,9 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         raise ValueError(f"eps2d: expected >= 0, got {eps2d}")
     batched, (means, quats, scales, opacities, colors, viewmats, Ks, bg) = _normalize(
         means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
-    _ext.require("rasterize")
-    _rasterize_ops.register()
+    if not _rasterize_ops._OPS_READY:
+        _ext.require("rasterize")
+        _rasterize_ops.register()
     ops = torch.ops.ffavatar
     B, N, C = means.shape[0], means.shape[1], viewmats.shape[1]
     means2d, depths, conics, opac2d, radii, tiles = ops.rasterize_project(
@@ -174,7 +177,7 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         float(eps2d), rasterize_mode == "antialiased", tile_size)
     meta_means2d = means2d if batched else means2d.squeeze(0)
     means2d_in = meta_means2d if batched else meta_means2d.unsqueeze(0)
-    visibility = (radii > 0).any(-1)  # queued before the bin's host sync
+    visibility = radii.any(-1)  # radii >= 0; one op, queued before the bin's host sync
     offsets, flatten_ids = ops.rasterize_bin(means2d, radii, depths, conics, opac2d, tiles, width, height,
                                              tile_size)
     if render_mode == "RGB":
@@ -183,16 +186,17 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         cols = depths[..., None]
     else:
         cols = torch.cat([colors.expand(B, C, N, colors.shape[-1]), depths[..., None]], -1)
-    img, alpha, last_ids, _final_t = ops.rasterize_render(means2d_in, conics, opac2d, cols.contiguous(), bg,
+    if render_mode != "RGB":
+        cols = cols.contiguous()
+    img, alpha, last_ids, _final_t = ops.rasterize_render(means2d_in, conics, opac2d, cols, bg,
                                                           offsets, flatten_ids, width, height, tile_size)
     if render_mode != "RGB":
         img = torch.cat([img[..., :-1], img[..., -1:] / alpha.clamp(min=1e-10)], -1)
     meta = dict(radii=radii, means2d=means2d, depths=depths, conics=conics, opacities=opac2d,
                 visibility=visibility, tiles_per_gauss=tiles, isect_offsets=offsets, last_ids=last_ids)
     if not batched:
-        img, alpha = img[0], alpha[0]
-        meta = {k: v.squeeze(0) for k, v in meta.items()}
-        meta["means2d"] = meta_means2d
+        img, alpha = img.squeeze(0), alpha.squeeze(0)
+        meta = {k: meta_means2d if k == "means2d" else v.squeeze(0) for k, v in meta.items()}
     meta.update(flatten_ids=flatten_ids, n_isects=flatten_ids.shape[0], width=width, height=height,
                 tile_size=tile_size, tile_width=offsets.shape[-1], tile_height=offsets.shape[-2], n_cameras=C,
                 n_batches=B if batched else None)

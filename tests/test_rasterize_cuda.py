@@ -73,6 +73,20 @@ def test_cuda_sizes_and_tiles(tile_size, W, H):
     _check_vs_ref(s, None, tile_size=tile_size)
 
 
+@pytest.mark.parametrize("tile_size", [8, 16, 24, 32, 12])
+def test_cuda_warp_culling_needles(tile_size):
+    # thin, rotated, partly opaque splats: the per-warp rectangle test (8x4 pixel blocks when
+    # tile_size % 8 == 0, row-major otherwise) must never drop a splat any pixel of the warp uses
+    s = make_scene(N=400, C=2, W=75, H=53, D=3, spread=0.5, scale=(0.002, 0.3))
+    s["scales"][..., 0] *= 0.05
+    s["opacities"] = s["opacities"] * 0.5 + 0.45
+    _check_vs_ref(s, _bg(s, "RGB"), tile_size=tile_size)
+    f = cast(s, torch.float32, None)
+    ci, ca, cm = rasterize(**f, tile_size=tile_size)
+    gi, ga, gm = rasterize(**cast(f, None, "cuda"), tile_size=tile_size)
+    assert (gi.cpu() - ci).abs().max() < 1e-4 and (ga.cpu() - ca).abs().max() < 1e-4
+
+
 def test_cuda_dense_saturated_scene():
     # many overlapping opaque splats: long per-tile lists (several shared-memory batches), early stop
     s = make_scene(N=2000, C=2, W=64, H=64, D=3, spread=0.25, scale=(0.05, 0.2))

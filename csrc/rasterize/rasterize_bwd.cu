@@ -3,8 +3,12 @@
 // division (as gsplat), the per-splat gradients of the 32 pixels of a warp are summed with shuffles,
 // and one lane per warp adds them to the per-(image, Gaussian) buffers with atomics. Channels are
 // handled CH at a time (all gradients are linear in the channel terms, so chunks simply add up).
+// Warp culling as in the forward (rasterize_warp.cuh): per 32 splats of a batch each lane tests one
+// against the warp's pixel rectangle, and only the ballot hits up to the warp's largest last id are
+// evaluated, reduced and added.
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
+#include "rasterize/rasterize_warp.cuh"
 
 namespace ffa {
 namespace rasterize {
@@ -36,8 +40,10 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
   const int tx = blockIdx.x, ty = blockIdx.y;
   const int64_t m = blockIdx.z;
   const int tid = threadIdx.x, ts = d.tile_size, lane = tid & 31;
-  const int i = ty * ts + tid / ts, j = tx * ts + tid % ts;
-  const bool inside = tid < ts * ts && i < d.H && j < d.W;
+  int li, lj;
+  tile_pixel(tid, ts, li, lj);
+  const int i = ty * ts + li, j = tx * ts + lj;
+  const bool inside = li < ts && i < d.H && j < d.W;
   const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
   const int64_t gt = m * tiles + (int64_t)ty * d.tiles_x + tx;
   const int32_t start = tile_offsets[gt];
@@ -54,6 +60,8 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
   __syncthreads();
   const int32_t range_end = min(end, s_maxlast + 1);  // exclusive
   if (range_end <= start) return;           // uniform across the block
+  const int32_t wlast = __reduce_max_sync(kFullMask, last);  // -1: nothing to do for this warp
+  const WarpRect rect = warp_rect(inside, i, j);
 
   const float px = (float)j + 0.5f, py = (float)i + 0.5f;
   const float T_final = inside ? final_Ts[pix] : 1.f;
@@ -85,62 +93,70 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
     }
     __syncthreads();
     const int cnt = be - bstart;
-    for (int t = 0; t < cnt; ++t) {
-      const int32_t kk = be - 1 - t;
-      float4 xyo = s_xyo[t];
-      float3 con = s_con[t];
-      float alpha = 0.f, vis = 0.f, dx = 0.f, dy = 0.f;
-      bool valid = inside && kk <= last &&
-                   !splat::splat_far<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.w, px, py) &&
-                   splat::splat_alpha<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.z, px, py, alpha, vis, dx, dy);
-      if (!__any_sync(0xffffffffu, valid)) continue;
-      float g_xy0 = 0.f, g_xy1 = 0.f, g_c0 = 0.f, g_c1 = 0.f, g_c2 = 0.f, g_op = 0.f;
-      float g_col[CH];
+    // item t holds k = be-1-t (back to front); only k <= wlast matter for this warp
+    for (int c0 = max(0, be - 1 - wlast); c0 < cnt; c0 += 32) {
+      const int tl = c0 + lane;
+      const bool hit = tl < cnt && warp_may_hit(s_xyo[tl], s_con[tl], rect);
+      unsigned mask = __ballot_sync(kFullMask, hit);
+      while (mask != 0u) {  // warp-uniform; set bits in order: back to front
+        const int t = c0 + __ffs(mask) - 1;
+        mask &= mask - 1u;
+        const int32_t kk = be - 1 - t;
+        float4 xyo = s_xyo[t];
+        float3 con = s_con[t];
+        float alpha = 0.f, vis = 0.f, dx = 0.f, dy = 0.f;
+        bool valid = inside && kk <= last &&
+                     !splat::splat_far<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.w, px, py) &&
+                     splat::splat_alpha<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.z, px, py, alpha, vis, dx, dy);
+        if (!__any_sync(0xffffffffu, valid)) continue;
+        float g_xy0 = 0.f, g_xy1 = 0.f, g_c0 = 0.f, g_c1 = 0.f, g_c2 = 0.f, g_op = 0.f;
+        float g_col[CH];
 #pragma unroll
-      for (int q = 0; q < CH; ++q) g_col[q] = 0.f;
-      if (valid) {
-        const float ra = 1.f / (1.f - alpha);
-        T *= ra;
-        const float fac = alpha * T;
-        float v_alpha = 0.f;
+        for (int q = 0; q < CH; ++q) g_col[q] = 0.f;
+        if (valid) {
+          const float ra = 1.f / (1.f - alpha);
+          T *= ra;
+          const float fac = alpha * T;
+          float v_alpha = 0.f;
 #pragma unroll
-        for (int q = 0; q < CH; ++q) {
-          const float cq = s_col[t * CH + q];
-          g_col[q] = fac * vrc[q];
-          v_alpha += (cq * T - buf[q] * ra) * vrc[q];
-          buf[q] += cq * fac;
+          for (int q = 0; q < CH; ++q) {
+            const float cq = s_col[t * CH + q];
+            g_col[q] = fac * vrc[q];
+            v_alpha += (cq * T - buf[q] * ra) * vrc[q];
+            buf[q] += cq * fac;
+          }
+          v_alpha += T_final * ra * (vra - bg_dot);
+          if (xyo.z * vis <= splat::kMaxAlpha) {
+            const float v_sigma = -xyo.z * vis * v_alpha;
+            g_xy0 = v_sigma * (con.x * dx + con.y * dy);
+            g_xy1 = v_sigma * (con.y * dx + con.z * dy);
+            g_c0 = 0.5f * v_sigma * dx * dx;
+            g_c1 = v_sigma * dx * dy;
+            g_c2 = 0.5f * v_sigma * dy * dy;
+            g_op = vis * v_alpha;
+          }
         }
-        v_alpha += T_final * ra * (vra - bg_dot);
-        if (xyo.z * vis <= splat::kMaxAlpha) {
-          const float v_sigma = -xyo.z * vis * v_alpha;
-          g_xy0 = v_sigma * (con.x * dx + con.y * dy);
-          g_xy1 = v_sigma * (con.y * dx + con.z * dy);
-          g_c0 = 0.5f * v_sigma * dx * dx;
-          g_c1 = v_sigma * dx * dy;
-          g_c2 = 0.5f * v_sigma * dy * dy;
-          g_op = vis * v_alpha;
+        g_xy0 = warp_sum(g_xy0);
+        g_xy1 = warp_sum(g_xy1);
+        g_c0 = warp_sum(g_c0);
+        g_c1 = warp_sum(g_c1);
+        g_c2 = warp_sum(g_c2);
+        g_op = warp_sum(g_op);
+#pragma unroll
+        for (int q = 0; q < CH; ++q) g_col[q] = warp_sum(g_col[q]);
+        if (lane == 0) {
+          const int64_t g = s_id[t];
+          atomicAdd(v_means2d + 2 * g, g_xy0);
+          atomicAdd(v_means2d + 2 * g + 1, g_xy1);
+          atomicAdd(v_conics + 3 * g, g_c0);
+          atomicAdd(v_conics + 3 * g + 1, g_c1);
+          atomicAdd(v_conics + 3 * g + 2, g_c2);
+          atomicAdd(v_opac2d + g, g_op);
+          float* vc = v_colors + (color_base + (g - img_base)) * d.D + chan0;
+#pragma unroll
+          for (int q = 0; q < CH; ++q)
+            if (q < nch) atomicAdd(vc + q, g_col[q]);
         }
-      }
-      g_xy0 = warp_sum(g_xy0);
-      g_xy1 = warp_sum(g_xy1);
-      g_c0 = warp_sum(g_c0);
-      g_c1 = warp_sum(g_c1);
-      g_c2 = warp_sum(g_c2);
-      g_op = warp_sum(g_op);
-#pragma unroll
-      for (int q = 0; q < CH; ++q) g_col[q] = warp_sum(g_col[q]);
-      if (lane == 0) {
-        const int64_t g = s_id[t];
-        atomicAdd(v_means2d + 2 * g, g_xy0);
-        atomicAdd(v_means2d + 2 * g + 1, g_xy1);
-        atomicAdd(v_conics + 3 * g, g_c0);
-        atomicAdd(v_conics + 3 * g + 1, g_c1);
-        atomicAdd(v_conics + 3 * g + 2, g_c2);
-        atomicAdd(v_opac2d + g, g_op);
-        float* vc = v_colors + (color_base + (g - img_base)) * d.D + chan0;
-#pragma unroll
-        for (int q = 0; q < CH; ++q)
-          if (q < nch) atomicAdd(vc + q, g_col[q]);
       }
     }
   }

@@ -1,9 +1,12 @@
 // CUDA forward blending: one block per (image, tile); the block walks the tile's depth-sorted splats
 // in shared-memory batches, each thread blends its pixel front to back, and the block stops when
-// every pixel is saturated. Channels are processed CH at a time in registers (several launches when
+// every pixel is saturated. Each warp covers a compact pixel block and, per 32 splats of a batch,
+// tests one splat per lane against its pixel rectangle (rasterize_warp.cuh), then blends only the
+// hits (ballot bits, in depth order). Channels are processed CH at a time in registers (several launches when
 // D > 32: each recomputes alpha, outputs are identical). Torch-free.
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
+#include "rasterize/rasterize_warp.cuh"
 
 namespace ffa {
 namespace rasterize {
@@ -24,9 +27,11 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
 
   const int tx = blockIdx.x, ty = blockIdx.y;
   const int64_t m = blockIdx.z;
-  const int tid = threadIdx.x, ts = d.tile_size;
-  const int i = ty * ts + tid / ts, j = tx * ts + tid % ts;
-  const bool inside = tid < ts * ts && i < d.H && j < d.W;
+  const int tid = threadIdx.x, ts = d.tile_size, lane = tid & 31;
+  int li, lj;
+  tile_pixel(tid, ts, li, lj);
+  const int i = ty * ts + li, j = tx * ts + lj;
+  const bool inside = li < ts && i < d.H && j < d.W;
   const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
   const int64_t gt = m * tiles + (int64_t)ty * d.tiles_x + tx;
   const int32_t start = tile_offsets[gt];
@@ -42,6 +47,7 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
   for (int c = 0; c < CH; ++c) acc[c] = 0.f;
   int32_t last = -1;
   bool done = !inside;
+  const WarpRect rect = warp_rect(inside, i, j);
 
   for (int32_t bs = start; bs < end; bs += nt) {
     if (__syncthreads_count(done) == nt) break;
@@ -55,25 +61,34 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
       s_con[tid] = make_float3(conics[3 * (int64_t)g], conics[3 * (int64_t)g + 1], conics[3 * (int64_t)g + 2]);
     }
     __syncthreads();
-    int cnt = min(nt, end - bs);
-    for (int t = 0; t < cnt && !done; ++t) {
-      float4 xyo = s_xyo[t];
-      float3 con = s_con[t];
-      if (splat::splat_far<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.w, px, py)) continue;
-      float alpha, vis, dx, dy;
-      if (!splat::splat_alpha<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.z, px, py, alpha, vis, dx, dy)) continue;
-      float next_T = T * (1.f - alpha);
-      if (next_T <= splat::kTransmittanceEps) {
-        done = true;
-        break;
-      }
-      float w = alpha * T;
-      const float* c = colors + (color_base + (s_id[t] - img_base)) * d.D + chan0;
+    const int cnt = min(nt, end - bs);
+    for (int c0 = 0; c0 < cnt; c0 += 32) {
+      if (__all_sync(kFullMask, done)) break;  // warp-uniform
+      const int tl = c0 + lane;
+      const bool hit = tl < cnt && warp_may_hit(s_xyo[tl], s_con[tl], rect);
+      unsigned mask = __ballot_sync(kFullMask, hit);
+      while (mask != 0u && !done) {  // set bits in order: front to back
+        const int t = c0 + __ffs(mask) - 1;
+        mask &= mask - 1u;
+        float4 xyo = s_xyo[t];
+        float3 con = s_con[t];
+        if (splat::splat_far<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.w, px, py)) continue;
+        float alpha, vis, dx, dy;
+        if (!splat::splat_alpha<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.z, px, py, alpha, vis, dx, dy))
+          continue;
+        float next_T = T * (1.f - alpha);
+        if (next_T <= splat::kTransmittanceEps) {
+          done = true;
+          break;
+        }
+        float w = alpha * T;
+        const float* c = colors + (color_base + (s_id[t] - img_base)) * d.D + chan0;
 #pragma unroll
-      for (int q = 0; q < CH; ++q)
-        if (q < nch) acc[q] += __ldg(c + q) * w;
-      last = bs + t;
-      T = next_T;
+        for (int q = 0; q < CH; ++q)
+          if (q < nch) acc[q] += __ldg(c + q) * w;
+        last = bs + t;
+        T = next_T;
+      }
     }
   }
   if (!inside) return;
