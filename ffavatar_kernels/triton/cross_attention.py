@@ -164,6 +164,9 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, VARLEN_Q: tl.constexpr, VARLEN_K: tl.constexpr, FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # torch.compile (Inductor) passes Python floats as fp64 scalars, eager Triton as fp32; an fp64
+    # qk_scale would promote the whole softmax to fp64 (and break the bf16 dot with an fp64 acc)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H

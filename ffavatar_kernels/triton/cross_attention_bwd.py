@@ -141,6 +141,9 @@ def _attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, VARLEN_Q: tl.constexpr, VARLEN_K: tl.constexpr, FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # fp32 scales whatever the launcher passed (Inductor: fp64 scalars; see the forward kernel)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -241,6 +244,9 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, VARLEN_Q: tl.constexpr, VARLEN_K: tl.constexpr, FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # fp32 scales whatever the launcher passed (Inductor: fp64 scalars; see the forward kernel)
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
