@@ -49,8 +49,12 @@ def test_animate_torch_lbs_gsplat(benchmark, scene, B):
     from ffavatar_kernels.reference import lbs as ref_lbs
 
     def rast(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds=None):
-        return gsplat.rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                                    backgrounds=backgrounds)
+        # Background composited here: gsplat 1.5.3 rejects [B,C,D] backgrounds with batched scenes.
+        img, alpha, meta = gsplat.rasterization(means, quats, scales, opacities, colors, viewmats, Ks,
+                                                width, height)
+        if backgrounds is not None:
+            img = img + (1 - alpha) * backgrounds[..., None, None, :]
+        return img, alpha, meta
     backend = Backend(skin_gaussians=ref_lbs.skin_gaussians, rasterize=rast,
                       description="skin_gaussians: PyTorch reference, rasterize: gsplat")
     _bench(benchmark, scene, backend, B)
