@@ -21,15 +21,12 @@ TORCH_LIBRARY(ffavatar, m) {
         "bool need_v_template, bool need_shapedirs, bool need_posedirs, bool need_lbs_weights) "
         "-> (Tensor grad_betas, Tensor grad_rot_mats, Tensor grad_transforms, Tensor grad_v_template, "
         "Tensor grad_shapedirs, Tensor grad_posedirs, Tensor grad_lbs_weights)");
-  // Anchored Gaussians: means and rotations skinned by the anchor-blended transforms. The optional
-  // inverse anchor map of the backward (anchor_csr_ptr [V+1], anchor_csr_entry [N*K], int32) lets the
-  // CUDA kernel gather grad_v_posed / grad_lbs_weights per vertex instead of scattering atomics.
+  // Anchored Gaussians: means and rotations skinned by the anchor-blended transforms.
   m.def("skin_gaussians(Tensor v_posed, Tensor transforms, Tensor lbs_weights, Tensor anchor_idx, "
         "Tensor anchor_weights, Tensor? offsets, Tensor? quats, bool means_only) -> (Tensor means, Tensor quats_out)");
   m.def("skin_gaussians_backward(Tensor? grad_means, Tensor? grad_quats, Tensor v_posed, Tensor transforms, "
         "Tensor lbs_weights, Tensor anchor_idx, Tensor anchor_weights, Tensor? offsets, Tensor? quats, "
-        "bool means_only, bool need_lbs_weights, bool need_anchor_weights, Tensor? anchor_csr_ptr=None, "
-        "Tensor? anchor_csr_entry=None) -> (Tensor grad_v_posed, "
+        "bool means_only, bool need_lbs_weights, bool need_anchor_weights) -> (Tensor grad_v_posed, "
         "Tensor grad_transforms, Tensor grad_lbs_weights, Tensor grad_anchor_weights, Tensor grad_offsets, "
         "Tensor grad_quats)");
 

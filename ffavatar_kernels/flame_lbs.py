@@ -71,7 +71,7 @@ def _gauss_fake(v_posed, A, W, idx, aw, offsets, quats, means_only):
 
 
 def _gauss_bwd_fake(g_means, g_quats, v_posed, A, W, idx, aw, offsets, quats, means_only, need_W,
-                    need_aw, anchor_csr_ptr=None, anchor_csr_entry=None):
+                    need_aw):
     e = v_posed.new_empty(0)
     return (torch.empty_like(v_posed), torch.empty_like(A),
             torch.empty_like(W) if need_W else e, torch.empty_like(aw) if need_aw else e,
@@ -124,9 +124,6 @@ def _gauss_setup(ctx, inputs, output):
     v_posed, A, W, idx, aw, offsets, quats, means_only = inputs
     ctx.means_only = means_only
     ctx.has_off, ctx.has_q = offsets is not None, quats is not None
-    # Inverse anchor map for the CUDA backward's per-vertex gather (cached per anchor tensor; looked up
-    # here, where `idx` is the caller's tensor object, so the identity cache hits across steps).
-    ctx.csr = _anchor_csr(idx, v_posed.shape[1]) if idx.is_cuda else (None, None)
     ctx.save_for_backward(v_posed, A, W, idx, aw, offsets, quats)
 
 
@@ -136,7 +133,7 @@ def _gauss_backward(ctx, g_means, g_quats):
     g_means, g_quats = _contig(g_means, g_quats)
     gvp, gA, gW, gaw, goff, gq = _ops.skin_gaussians_backward(
         g_means, g_quats, v_posed, A, W, idx, aw, offsets if ctx.has_off else None,
-        quats if ctx.has_q else None, ctx.means_only, n[2], n[4], *ctx.csr)
+        quats if ctx.has_q else None, ctx.means_only, n[2], n[4])
     return (gvp if n[0] else None, gA if n[1] else None, gW if n[2] else None, None,
             gaw if n[4] else None, goff if (ctx.has_off and n[5]) else None,
             gq if (ctx.has_q and n[6]) else None, None)
@@ -190,31 +187,6 @@ def _joint_products(J_regressor, v_template, shapedirs):
     if grads or torch.compiler.is_compiling():
         return make()
     return _joint_cache.get((J_regressor, v_template, shapedirs), make)
-
-
-_csr_cache = _Cache()
-
-
-def _build_anchor_csr(anchor_idx: torch.Tensor, V: int):
-    """Inverse anchor map of ``anchor_idx`` [N,K]: ``ptr`` [V+1] int32 and ``entry`` [N*K] int32, the
-    flat slots ``n*K + k`` with ``anchor_idx[n, k] == v`` in ``entry[ptr[v]:ptr[v+1]]``, ascending.
-    Pure torch ops, no host sync (CUDA-graph capturable)."""
-    flat = anchor_idx.reshape(-1).long()
-    keys, order = torch.sort(flat, stable=True)
-    bounds = torch.arange(V + 1, dtype=torch.int64, device=flat.device)
-    ptr = torch.searchsorted(keys, bounds).to(torch.int32)  # first slot with index >= v
-    return ptr.contiguous(), order.to(torch.int32).contiguous()
-
-
-def _anchor_csr(anchor_idx: torch.Tensor, V: int):
-    """Cached :func:`_build_anchor_csr` (per tensor identity + version and V); ``(None, None)`` when
-    the gather is not used (empty, over int32 range, or under torch.compile)."""
-    if anchor_idx.numel() >= 2**31 or anchor_idx.numel() == 0 or torch.compiler.is_compiling():
-        return None, None  # atomic-scatter backward (compiled graphs keep no tensors on ctx)
-    cached = _csr_cache.get((anchor_idx,), lambda: {})
-    if V not in cached:
-        cached[V] = _build_anchor_csr(anchor_idx, V)
-    return cached[V]
 
 
 def _check_parents_list(parents: list, J: int) -> list:

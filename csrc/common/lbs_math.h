@@ -391,12 +391,16 @@ HOST_DEVICE void gaussian_forward(int J, int K, const I* idx, const T* aw, const
   gaussian_pose(M, p, qc, means_only, mean, qout);
 }
 
-// Backward for one Gaussian and frame given its blended transform M [12] and anchored rest point
-// p [3] (from anchor_transform or blend_transform, and anchor_point). Outputs: gM [12], gp [3]
-// (overwritten); gqg [4] accumulated (+=, if qg).
-template <typename T>
-HOST_DEVICE void gaussian_backward_at(const T* M, const T* p, const T* qg, bool means_only, const T* gmean,
-                                      const T* gq, T* gM, T* gp, T* gqg) {
+// Backward for one Gaussian and frame. Outputs (overwritten): gM [12] (dL/d blended transform),
+// gp [3] (dL/d anchored rest point = dL/d offset), M [12], p [3]; gqg [4] accumulated (+=, if qg).
+// The caller scatters: gA_j += Wu_j gM, gvp[i_k] += w_k gp, gW[i_k,j] += w_k <A_j, gM>,
+// gaw_k += <vp[i_k], gp> + sum_j W[i_k,j] <A_j, gM>.
+template <typename T, typename I>
+HOST_DEVICE void gaussian_backward(int J, int K, const I* idx, const T* aw, const T* vp, const T* W, const T* A,
+                                   const T* off, const T* qg, bool means_only, const T* gmean, const T* gq,
+                                   T* M, T* p, T* gM, T* gp, T* gqg) {
+  anchor_transform(J, K, idx, aw, W, A, M);
+  anchor_point(K, idx, aw, vp, off, p);
   apply_transform_backward(M, p, gmean, gM, gp);
   T qc[4], gqc[4];
   canonical_quat(qg, qc);
@@ -413,19 +417,6 @@ HOST_DEVICE void gaussian_backward_at(const T* M, const T* p, const T* qg, bool 
     quat_normalize_backward(qg, gqc, t);
     for (int k = 0; k < 4; ++k) gqg[k] += t[k];
   }
-}
-
-// Backward for one Gaussian and frame. Outputs (overwritten): gM [12] (dL/d blended transform),
-// gp [3] (dL/d anchored rest point = dL/d offset), M [12], p [3]; gqg [4] accumulated (+=, if qg).
-// The caller scatters: gA_j += Wu_j gM, gvp[i_k] += w_k gp, gW[i_k,j] += w_k <A_j, gM>,
-// gaw_k += <vp[i_k], gp> + sum_j W[i_k,j] <A_j, gM>.
-template <typename T, typename I>
-HOST_DEVICE void gaussian_backward(int J, int K, const I* idx, const T* aw, const T* vp, const T* W, const T* A,
-                                   const T* off, const T* qg, bool means_only, const T* gmean, const T* gq,
-                                   T* M, T* p, T* gM, T* gp, T* gqg) {
-  anchor_transform(J, K, idx, aw, W, A, M);
-  anchor_point(K, idx, aw, vp, off, p);
-  gaussian_backward_at(M, p, qg, means_only, gmean, gq, gM, gp, gqg);
 }
 
 }  // namespace lbs

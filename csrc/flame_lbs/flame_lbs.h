@@ -59,18 +59,12 @@ cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const flo
 // grad_means / grad_q may be null. Zero-initialized (caller): grad_vposed [B,V,3], grad_A [B,J,16],
 // grad_W [V,J] (null if not needed). Written: grad_aw [N,K] (null if not needed), grad_off (like
 // offsets; null if none), grad_q [N,4] (null if no quats).
-// Gather mode (csr_ptr [V+1], csr_entry [N*K] int32: anchor slots n*K+k per vertex, ascending;
-// workspaces ws_gp [N,B,3] and ws_gWu [N,J] (ws_gWu only if grad_W)): grad_vposed / grad_W are
-// gathered per vertex (plain stores, deterministic) instead of scattered with atomics. Null csr_ptr
-// = atomic scatter. The glue uses gather mode when use_anchor_gather(B).
-constexpr bool use_anchor_gather(int64_t B) { return B >= 4; }
 template <typename I>
 cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, const float* v_posed, const float* A,
                                  const float* W, const I* idx, const float* aw, const float* offsets,
                                  bool offsets_batched, const float* quats, bool means_only, int B, int V, int J,
                                  int N, int K, float* grad_vposed, float* grad_A, float* grad_W, float* grad_aw,
-                                 float* grad_off, float* grad_quats, const int32_t* csr_ptr,
-                                 const int32_t* csr_entry, float* ws_gp, float* ws_gWu, cudaStream_t stream);
+                                 float* grad_off, float* grad_quats, cudaStream_t stream);
 
 }  // namespace lbs
 }  // namespace ffa

@@ -220,11 +220,7 @@ __global__ void __launch_bounds__(256) gaussians_bwd_kernel(
     const float* __restrict__ A, const float* __restrict__ W, const I* __restrict__ idx, const float* __restrict__ aw,
     const float* __restrict__ off, bool off_batched, const float* __restrict__ quats, bool means_only, int B, int V,
     int J, int N, int K, bool smem_gA, float* __restrict__ g_vp, float* __restrict__ g_A, float* __restrict__ g_W,
-    float* __restrict__ g_aw, float* __restrict__ g_off, float* __restrict__ g_q, float* __restrict__ gp_buf,
-    float* __restrict__ gWu_buf) {
-  // gp_buf [N,B,3] / gWu_buf [N,J] (non-null = gather mode): dL/d anchored point per (Gaussian, frame)
-  // and sum_b <A_bj, gM_b> per Gaussian are stored densely and gathered per vertex afterwards
-  // (gather_anchor_grads_kernel) instead of being scattered into g_vp / g_W with atomics.
+    float* __restrict__ g_aw, float* __restrict__ g_off, float* __restrict__ g_q) {
   extern __shared__ float s_gA[];  // [B,J,12] when smem_gA
   if (smem_gA) {
     for (int e = threadIdx.x; e < B * J * 12; e += blockDim.x) s_gA[e] = 0.f;
@@ -256,9 +252,8 @@ __global__ void __launch_bounds__(256) gaussians_bwd_kernel(
       float gm[3] = {0.f, 0.f, 0.f}, gqo[4] = {0.f, 0.f, 0.f, 0.f}, M[12], p[3], gp[3];
       if (gmeans) for (int c = 0; c < 3; ++c) gm[c] = gmeans[i * 3 + c];
       if (gquats) for (int c = 0; c < 4; ++c) gqo[c] = gquats[i * 4 + c];
-      blend_transform(J, Wu, Ab, M);  // = anchor_transform (sum_k w_k W[i_k] precomputed once)
-      anchor_point(K, id, w, vpb, o, p);
-      gaussian_backward_at(M, p, quats ? quats + n * 4 : nullptr, means_only, gm, gqo, gM, gp, gq);
+      gaussian_backward(J, K, id, w, vpb, W, Ab, o, quats ? quats + n * 4 : nullptr, means_only, gm, gqo, M, p, gM,
+                        gp, gq);
       for (int j = 0; j < J; ++j) {
         float d = 0.f;
         for (int e = 0; e < 12; ++e) d += __ldg(Ab + j * 16 + e) * gM[e];
@@ -267,12 +262,9 @@ __global__ void __launch_bounds__(256) gaussians_bwd_kernel(
       for (int k = 0; k < K; ++k) {
         const float* v = vpb + (int64_t)id[k] * 3;
         gaw[k] += v[0] * gp[0] + v[1] * gp[1] + v[2] * gp[2];
-        if (!gp_buf) {
-          float* dst = g_vp + ((int64_t)b * V + id[k]) * 3;
-          for (int c = 0; c < 3; ++c) atomicAdd(dst + c, w[k] * gp[c]);
-        }
+        float* dst = g_vp + ((int64_t)b * V + id[k]) * 3;
+        for (int c = 0; c < 3; ++c) atomicAdd(dst + c, w[k] * gp[c]);
       }
-      if (gp_buf) for (int c = 0; c < 3; ++c) gp_buf[((int64_t)n * B + b) * 3 + c] = gp[c];
       if (g_off) {
         if (off_batched) for (int c = 0; c < 3; ++c) g_off[i * 3 + c] = gp[c];
         else for (int c = 0; c < 3; ++c) goff[c] += gp[c];
@@ -293,11 +285,10 @@ __global__ void __launch_bounds__(256) gaussians_bwd_kernel(
       for (int j = 0; j < J; ++j) {
         const float wkj = W[(int64_t)id[k] * J + j];
         acc += wkj * gWu[j];
-        if (g_W && !gWu_buf) atomicAdd(g_W + (int64_t)id[k] * J + j, w[k] * gWu[j]);
+        if (g_W) atomicAdd(g_W + (int64_t)id[k] * J + j, w[k] * gWu[j]);
       }
       if (g_aw) g_aw[n * K + k] = acc;
     }
-    if (gWu_buf) for (int j = 0; j < J; ++j) gWu_buf[n * J + j] = gWu[j];
     if (g_off && !off_batched) for (int c = 0; c < 3; ++c) g_off[n * 3 + c] = goff[c];
     if (g_q) for (int c = 0; c < 4; ++c) g_q[n * 4 + c] = gq[c];
   }
@@ -307,45 +298,6 @@ __global__ void __launch_bounds__(256) gaussians_bwd_kernel(
       const int bj = e / 12, i = e % 12;
       atomicAdd(g_A + (int64_t)bj * 16 + i, s_gA[e]);
     }
-  }
-}
-
-// Gather mode, second step: one thread per (vertex v, frame b), b fastest (the B threads of a vertex
-// read the contiguous gp_buf[n, 0..B-1, :] of each referencing Gaussian: coalesced). CSR of the anchor
-// map: entries csr_entry[csr_ptr[v] .. csr_ptr[v+1]) are flat anchor slots e = n*K + k with
-// anchor_idx[e] == v, ascending (deterministic summation order). g_vp[b,v,:] = sum_e aw[e] gp_buf[n,b,:];
-// g_W[v,j] (j = b, b+B, ...) = sum_e aw[e] gWu_buf[n,j]. Plain stores: no atomics, no zero-init needed.
-__global__ void __launch_bounds__(256) gather_anchor_grads_kernel(
-    const int32_t* __restrict__ csr_ptr, const int32_t* __restrict__ csr_entry, const float* __restrict__ aw,
-    const float* __restrict__ gp_buf, const float* __restrict__ gWu_buf, int B, int V, int J, int K,
-    float* __restrict__ g_vp, float* __restrict__ g_W) {
-  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= (int64_t)B * V) return;
-  const int v = (int)(t / B), b = (int)(t % B);
-  const int beg = __ldg(csr_ptr + v), end = __ldg(csr_ptr + v + 1);
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f;
-#pragma unroll 4
-  for (int r = beg; r < end; ++r) {
-    const int e = __ldg(csr_entry + r);
-    const float we = __ldg(aw + e);
-    const float* g = gp_buf + ((int64_t)(e / K) * B + b) * 3;
-    a0 += we * __ldg(g);
-    a1 += we * __ldg(g + 1);
-    a2 += we * __ldg(g + 2);
-  }
-  float* dst = g_vp + ((int64_t)b * V + v) * 3;
-  dst[0] = a0;
-  dst[1] = a1;
-  dst[2] = a2;
-  if (!g_W) return;
-  for (int j = b; j < J; j += B) {  // joints split over the B threads of the vertex
-    float acc = 0.f;
-#pragma unroll 4
-    for (int r = beg; r < end; ++r) {
-      const int e = __ldg(csr_entry + r);
-      acc += __ldg(aw + e) * __ldg(gWu_buf + (int64_t)(e / K) * J + j);
-    }
-    g_W[(int64_t)v * J + j] = acc;
   }
 }
 
@@ -383,36 +335,25 @@ cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, c
                                  const float* W, const I* idx, const float* aw, const float* offsets,
                                  bool offsets_batched, const float* quats, bool means_only, int B, int V, int J,
                                  int N, int K, float* grad_vposed, float* grad_A, float* grad_W, float* grad_aw,
-                                 float* grad_off, float* grad_quats, const int32_t* csr_ptr,
-                                 const int32_t* csr_entry, float* ws_gp, float* ws_gWu, cudaStream_t stream) {
+                                 float* grad_off, float* grad_quats, cudaStream_t stream) {
   if (B == 0 || N == 0) return cudaSuccess;
-  const bool gather = csr_ptr != nullptr && ws_gp != nullptr && (grad_W == nullptr || ws_gWu != nullptr);
   const int threads = 256;
   const size_t gA_bytes = sizeof(float) * (size_t)B * J * 12;
   const bool smem_gA = gA_bytes <= 32 * 1024;
   gaussians_bwd_kernel<I><<<(N + threads - 1) / threads, threads, smem_gA ? gA_bytes : 0, stream>>>(
       grad_means, grad_q, v_posed, A, W, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, N, K, smem_gA,
-      grad_vposed, grad_A, grad_W, grad_aw, grad_off, grad_quats, gather ? ws_gp : nullptr,
-      gather && grad_W ? ws_gWu : nullptr);
-  if (!gather) return cudaGetLastError();
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || V == 0) return err;
-  const int64_t items = (int64_t)B * V;
-  gather_anchor_grads_kernel<<<(unsigned)((items + threads - 1) / threads), threads, 0, stream>>>(
-      csr_ptr, csr_entry, aw, ws_gp, ws_gWu, B, V, J, K, grad_vposed, grad_W);
+      grad_vposed, grad_A, grad_W, grad_aw, grad_off, grad_quats);
   return cudaGetLastError();
 }
 
 template cudaError_t launch_gaussians_bwd<int32_t>(const float*, const float*, const float*, const float*,
                                                    const float*, const int32_t*, const float*, const float*, bool,
                                                    const float*, bool, int, int, int, int, int, float*, float*,
-                                                   float*, float*, float*, float*, const int32_t*,
-                                                   const int32_t*, float*, float*, cudaStream_t);
+                                                   float*, float*, float*, float*, cudaStream_t);
 template cudaError_t launch_gaussians_bwd<int64_t>(const float*, const float*, const float*, const float*,
                                                    const float*, const int64_t*, const float*, const float*, bool,
                                                    const float*, bool, int, int, int, int, int, float*, float*,
-                                                   float*, float*, float*, float*, const int32_t*,
-                                                   const int32_t*, float*, float*, cudaStream_t);
+                                                   float*, float*, float*, float*, cudaStream_t);
 
 }  // namespace lbs
 }  // namespace ffa

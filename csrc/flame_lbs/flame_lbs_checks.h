@@ -138,8 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& grad_means, const c10::optional<at::Tensor>& grad_quats, const at::Tensor& v_posed,
     const at::Tensor& A, const at::Tensor& W, const at::Tensor& idx, const at::Tensor& aw,
     const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& quats, bool means_only,
-    bool need_W, bool need_aw, const c10::optional<at::Tensor>& csr_ptr,
-    const c10::optional<at::Tensor>& csr_entry);
+    bool need_W, bool need_aw);
 
 }  // namespace lbs
 }  // namespace ffa

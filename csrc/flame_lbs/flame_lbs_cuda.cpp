@@ -148,27 +148,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& grad_means, const c10::optional<at::Tensor>& grad_quats, const at::Tensor& v_posed,
     const at::Tensor& A, const at::Tensor& W, const at::Tensor& idx, const at::Tensor& aw,
     const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& quats, bool means_only, bool need_W,
-    bool need_aw, const c10::optional<at::Tensor>& csr_ptr, const c10::optional<at::Tensor>& csr_entry) {
+    bool need_aw) {
   auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats);
   require_float(v_posed, "v_posed");
   c10::cuda::CUDAGuard guard(v_posed.device());
-  // Inverse anchor map (optional; built and cached by ffavatar_kernels.flame_lbs): gather mode.
-  TORCH_CHECK_VALUE(csr_ptr.has_value() == csr_entry.has_value(),
-                    "anchor_csr_ptr / anchor_csr_entry: expected both or neither, got ",
-                    csr_ptr.has_value() ? "only anchor_csr_ptr" : "only anchor_csr_entry");
-  const bool gather = csr_ptr.has_value() && use_anchor_gather(z.B) && z.V > 0;
-  if (csr_ptr.has_value()) {
-    TORCH_CHECK_VALUE(csr_ptr->dim() == 1 && csr_ptr->size(0) == z.V + 1, "anchor_csr_ptr: expected shape [",
-                      z.V + 1, "] (V+1), got ", csr_ptr->sizes());
-    TORCH_CHECK_VALUE(csr_entry->dim() == 1 && csr_entry->size(0) == z.N * z.K, "anchor_csr_entry: expected shape [",
-                      z.N * z.K, "] (N*K), got ", csr_entry->sizes());
-    TORCH_CHECK_TYPE(csr_ptr->scalar_type() == at::kInt && csr_entry->scalar_type() == at::kInt,
-                     "anchor_csr_ptr / anchor_csr_entry: expected int32, got ", csr_ptr->scalar_type(), " / ",
-                     csr_entry->scalar_type());
-    TORCH_CHECK_VALUE(csr_ptr->device() == v_posed.device() && csr_entry->device() == v_posed.device() &&
-                          csr_ptr->is_contiguous() && csr_entry->is_contiguous(),
-                      "anchor_csr_ptr / anchor_csr_entry: expected contiguous tensors on ", v_posed.device());
-  }
   const float* gm = opt_ptr(grad_means, {z.B, z.N, 3}, "grad_means");
   const float* gq = opt_ptr(grad_quats, {z.B, z.N, 4}, "grad_quats");
   auto o = v_posed.options();
@@ -185,12 +168,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   float* p_gaw = need_aw ? grad_aw.data_ptr<float>() : nullptr;
   float* p_goff = off ? grad_off.data_ptr<float>() : nullptr;
   float* p_gq = q ? grad_q.data_ptr<float>() : nullptr;
-  const int32_t* p_ptr = gather ? csr_ptr->data_ptr<int32_t>() : nullptr;
-  const int32_t* p_ent = gather ? csr_entry->data_ptr<int32_t>() : nullptr;
-  auto ws_gp = gather ? at::empty({z.N, z.B, 3}, o) : e;      // [N,B,3]
-  auto ws_gWu = gather && need_W ? at::empty({z.N, z.J}, o) : e;  // [N,J]
-  float* p_wgp = gather ? ws_gp.data_ptr<float>() : nullptr;
-  float* p_wgWu = gather && need_W ? ws_gWu.data_ptr<float>() : nullptr;
   auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t err;
   if (idx.scalar_type() == at::kInt)
@@ -198,13 +175,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                         idx.data_ptr<int32_t>(), aw.data_ptr<float>(), off, z.offsets_batched, q,
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
                                         grad_vp.data_ptr<float>(), grad_A.data_ptr<float>(), p_gW, p_gaw, p_goff, p_gq,
-                                        p_ptr, p_ent, p_wgp, p_wgWu, stream);
+                                        stream);
   else
     err = launch_gaussians_bwd<int64_t>(gm, gq, v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(),
                                         idx.data_ptr<int64_t>(), aw.data_ptr<float>(), off, z.offsets_batched, q,
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
                                         grad_vp.data_ptr<float>(), grad_A.data_ptr<float>(), p_gW, p_gaw, p_goff, p_gq,
-                                        p_ptr, p_ent, p_wgp, p_wgWu, stream);
+                                        stream);
   FFA_CHECK_CUDA(err, "skin_gaussians_backward kernel");
   return {grad_vp, grad_A, grad_W, grad_aw, grad_off, grad_q};
 }

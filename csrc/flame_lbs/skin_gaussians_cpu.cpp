@@ -48,11 +48,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& grad_means, const c10::optional<at::Tensor>& grad_quats, const at::Tensor& v_posed,
     const at::Tensor& A, const at::Tensor& W, const at::Tensor& idx, const at::Tensor& aw,
     const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& quats, bool means_only,
-    bool need_W, bool need_aw, const c10::optional<at::Tensor>& csr_ptr,
-    const c10::optional<at::Tensor>& csr_entry) {
+    bool need_W, bool need_aw) {
   auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats);
-  (void)csr_ptr;  // the inverse anchor map only drives the CUDA gather; the CPU path reduces per thread chunk
-  (void)csr_entry;
   int64_t B = z.B, N = z.N, J = z.J, K = z.K, V = z.V;
   auto opts = v_posed.options();
   auto gmean = grad_means.has_value() ? grad_means->contiguous() : at::zeros({B, N, 3}, opts);
