@@ -21,7 +21,8 @@ blended transform is Shepperd's method on its 3x3 part, normalized, w >= 0; pose
 skin rest-pose points), as smplx's ``batch_rigid_transform`` returns.
 
 Input checks cost no host sync, except ``parents`` given as a CUDA tensor: it is read (and
-validated) once per tensor object and cached. Indices in ``anchor_idx`` are not range-checked.
+validated) once per tensor object and cached. Indices in ``anchor_idx`` are range-checked on the
+CPU only (on CUDA the check would cost a host sync per call).
 """
 from __future__ import annotations
 
@@ -184,7 +185,9 @@ def _joint_products(J_regressor, v_template, shapedirs):
                 (J_regressor @ shapedirs.reshape(V, 3 * S)).reshape(J, 3, S).contiguous())
     grads = torch.is_grad_enabled() and any(
         t.requires_grad for t in (J_regressor, v_template, shapedirs))
-    if grads or torch.compiler.is_compiling():
+    # Inference tensors made under torch.inference_mode() cannot be saved for a later backward, so
+    # that mode neither fills nor reads the cache.
+    if grads or torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
         return make()
     return _joint_cache.get((J_regressor, v_template, shapedirs), make)
 
@@ -308,7 +311,8 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
     Args:
         betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights: as
             :func:`flame_lbs`.
-        anchor_idx: [N,K] int32 or int64 base-vertex indices, 1 <= K <= 4 (not range-checked).
+        anchor_idx: [N,K] int32 or int64 base-vertex indices, 1 <= K <= 4, each in [0, V) (checked
+            on the CPU; on CUDA not checked, since that would cost a host sync per call).
         anchor_weights: [N,K] float weights (rows sum to 1 for subdivision anchors).
         offsets: [N,3] or [B,N,3] canonical-space offsets, or None.
         quats: [N,4] canonical rotations (wxyz, any norm), or None (identity).
@@ -353,10 +357,13 @@ def shape_template(v_template, shapedirs, betas_shape):
         [V,3] ``v_template + shapedirs[..., :S'] @ betas_shape`` (differentiable). Use it as
         ``v_template`` with ``shapedirs[..., S':]`` and the expression coefficients as ``betas``.
     """
-    check_tensor("v_template", v_template, ("V", 3))
+    check_tensor("v_template", v_template, ("V", 3), (torch.float32, torch.float64))
     check_tensor("shapedirs", shapedirs, (v_template.shape[0], 3, None), v_template.dtype, v_template.device)
     if not isinstance(betas_shape, torch.Tensor):
         raise TypeError(f"betas_shape: expected a torch.Tensor, got {type(betas_shape).__name__}")
+    if betas_shape.dim() not in (1, 2) or (betas_shape.dim() == 2 and betas_shape.shape[0] != 1):
+        raise ValueError(f"betas_shape: expected shape [S'] or [1,S'] (one shape per avatar), "
+                         f"got {list(betas_shape.shape)}")
     bs = betas_shape.reshape(-1)
     if bs.shape[0] > shapedirs.shape[2]:
         raise ValueError(f"betas_shape: expected at most {shapedirs.shape[2]} coefficients, got {bs.shape[0]}")

@@ -7,6 +7,7 @@ so ``meta["means2d"].retain_grad()`` before ``backward()`` gives its gradient (a
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -137,9 +138,9 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         eps2d: low-pass added to the 2D covariance diagonal.
         render_mode: "RGB", "ED" (expected depth) or "RGB+ED" (depth appended as the last channel).
         rasterize_mode: "classic" or "antialiased" (opacity x sqrt(det Σ / det(Σ + eps2d I))).
-        backgrounds: [C,D'] or [B,C,D'] (D' = channels of the render mode), added as T x background;
-            in the ED modes gsplat's form [...,C,D] (colour channels only) is accepted too and gets a
-            zero depth background, as in gsplat.
+        backgrounds: [C,D'] or [B,C,D'] (D' = channels of the render mode), added as T x background.
+            In the ED modes the depth value is where no Gaussian is: ED = sum(w z)/alpha + T x bg_depth.
+            gsplat's form [...,C,D] (colour channels only) is accepted too and means bg_depth = 0.
         tile_size: tile edge in pixels (1..32).
 
     Returns:
@@ -161,10 +162,10 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         raise ValueError(f"width, height: expected > 0, got {width}x{height}")
     if not 1 <= tile_size <= 32:
         raise ValueError(f"tile_size: expected 1..32, got {tile_size}")
-    if not (near_plane < far_plane):
-        raise ValueError(f"near_plane, far_plane: expected near < far, got {near_plane}, {far_plane}")
-    if eps2d < 0:
-        raise ValueError(f"eps2d: expected >= 0, got {eps2d}")
+    if not (math.isfinite(near_plane) and near_plane < far_plane) or math.isnan(far_plane):
+        raise ValueError(f"near_plane, far_plane: expected finite near < far, got {near_plane}, {far_plane}")
+    if not (math.isfinite(eps2d) and eps2d >= 0):
+        raise ValueError(f"eps2d: expected a finite value >= 0, got {eps2d}")
     batched, (means, quats, scales, opacities, colors, viewmats, Ks, bg) = _normalize(
         means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
     if not _rasterize_ops._OPS_READY:
@@ -186,12 +187,21 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         cols = depths[..., None]
     else:
         cols = torch.cat([colors.expand(B, C, N, colors.shape[-1]), depths[..., None]], -1)
+    bg_depth = None
     if render_mode != "RGB":
         cols = cols.contiguous()
+        if bg is not None:  # the depth channel is blended over 0; its background is added after
+            bg_depth = bg[..., -1:]  # [B,C,1]
+            bg = torch.cat([bg[..., :-1], torch.zeros_like(bg_depth)], -1)
     img, alpha, last_ids, _final_t = ops.rasterize_render(means2d_in, conics, opac2d, cols, bg,
                                                           offsets, flatten_ids, width, height, tile_size)
     if render_mode != "RGB":
-        img = torch.cat([img[..., :-1], img[..., -1:] / alpha.clamp(min=1e-10)], -1)
+        # Expected depth of the Gaussians; where they leave transmittance T, the depth background
+        # fills in: ED = sum(w z) / alpha + T * bg_depth (bg_depth = 0, gsplat's case, gives gsplat's ED).
+        depth = img[..., -1:] / alpha.clamp(min=1e-10)
+        if bg_depth is not None:
+            depth = depth + (1 - alpha) * bg_depth[:, :, None, None, :]
+        img = torch.cat([img[..., :-1], depth], -1)
     meta = dict(radii=radii, means2d=means2d, depths=depths, conics=conics, opacities=opac2d,
                 visibility=visibility, tiles_per_gauss=tiles, isect_offsets=offsets, last_ids=last_ids)
     if not batched:

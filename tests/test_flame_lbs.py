@@ -460,3 +460,34 @@ def test_torch_compile():
     (gw,) = torch.autograd.grad(want[0].sum(), [off])
     for a, b in zip(list(out) + [g], list(want) + [gw]):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_anchor_idx_out_of_range_is_a_clear_error():
+    m = make_model(V=20, J=5, S=6, dtype=torch.float32)
+    betas, pose = make_inputs(2, 5, 6, dtype=torch.float32)
+    aw = torch.full((7, 3), 1 / 3)
+    for bad in (torch.full((7, 3), 20), torch.full((7, 3), -1), torch.full((7, 3), 10**6)):
+        with pytest.raises(ValueError, match="anchor_idx"):
+            F.skin_gaussians(betas, pose, *model_args(m), bad, aw)
+        with pytest.raises(ValueError, match="anchor_idx"):  # the raw op checks too
+            v, j, A = ref.flame_lbs(betas, pose, *model_args(m), return_transforms=True)
+            torch.ops.ffavatar.skin_gaussians(v.contiguous(), A.contiguous(), m["lbs_weights"].contiguous(),
+                                              bad, aw, None, None, False)
+
+
+def test_inference_mode_call_does_not_break_a_later_backward():
+    m = make_model(V=30, J=5, S=6, dtype=torch.float32)
+    betas, pose = make_inputs(2, 5, 6, dtype=torch.float32)
+    with torch.inference_mode():
+        F.flame_lbs(betas, pose, *model_args(m))
+    b = betas.clone().requires_grad_()
+    F.flame_lbs(b, pose, *model_args(m))[0].sum().backward()
+    assert b.grad is not None and torch.isfinite(b.grad).all()
+
+
+def test_shape_template_rejects_batched_or_integer_inputs():
+    m = make_model(V=10, J=5, S=6, dtype=torch.float32)
+    with pytest.raises(ValueError, match="betas_shape"):
+        F.shape_template(m["v_template"], m["shapedirs"], torch.randn(2, 3))
+    with pytest.raises(TypeError, match="v_template"):
+        F.shape_template(m["v_template"].long(), m["shapedirs"].long(), torch.randn(3).long())

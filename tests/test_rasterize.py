@@ -266,3 +266,18 @@ def test_torch_compile():
     img, alpha = f(**s)
     ri, ra, _ = rasterize(**s)
     assert torch.allclose(img, ri, atol=1e-6) and torch.allclose(alpha, ra, atol=1e-6)
+
+
+def test_depth_background_fills_empty_pixels_and_nan_options_are_rejected():
+    s = make_scene(N=20, C=2, W=24, H=16, D=3, dtype=torch.float32)
+    far = dict(s, means=s["means"] + torch.tensor([0.0, 0.0, 1e4]))  # every Gaussian beyond far_plane
+    for mode, bg in (("ED", torch.full((2, 1), 5.0)), ("RGB+ED", torch.cat([torch.rand(2, 3), torch.full((2, 1), 5.0)], -1))):
+        img, alpha, _ = rasterize(**far, render_mode=mode, backgrounds=bg, far_plane=100.0)
+        assert torch.all(alpha == 0)
+        assert torch.allclose(img[..., -1], torch.full_like(img[..., -1], 5.0))  # not 5 / 1e-10
+        ref_img = rasterize_ref(**cast(s, torch.float64), render_mode=mode, backgrounds=bg.double())[0]
+        our_img = rasterize(**s, render_mode=mode, backgrounds=bg)[0]
+        assert ((our_img.double() - ref_img).norm() / ref_img.norm()) < 1e-5
+    for kw in (dict(eps2d=float("nan")), dict(near_plane=float("nan")), dict(far_plane=float("nan"))):
+        with pytest.raises(ValueError):
+            rasterize(**s, **kw)

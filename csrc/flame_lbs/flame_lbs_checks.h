@@ -116,6 +116,13 @@ inline GaussianSizes check_gaussian_args(const at::Tensor& v_posed, const at::Te
   check_device(W, "lbs_weights", v_posed);
   check_device(idx, "anchor_idx", v_posed);
   check_device(aw, "anchor_weights", v_posed);
+  if (idx.device().is_cpu() && idx.numel() > 0) {
+    // An index outside [0, V) would read out of bounds. Free to check on the CPU; on CUDA it would
+    // be a host sync per call (anchors come from subdivision, built once: validate them there).
+    const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi < z.V, "anchor_idx: expected indices in [0, ", z.V,
+                      ") (V from v_template), got values in [", lo, ", ", hi, "]");
+  }
   if (offsets.has_value()) {
     z.offsets_batched = offsets->dim() == 3;
     if (z.offsets_batched) check_float_tensor(*offsets, "offsets", dt, {z.B, z.N, 3});

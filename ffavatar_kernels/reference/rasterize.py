@@ -146,6 +146,10 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     if backgrounds is not None and backgrounds.shape[-1] != Dp:  # gsplat's form: colour channels only
         z = backgrounds.new_zeros(backgrounds.shape[:-1] + (1,))
         backgrounds = z if render_mode == "ED" else torch.cat([backgrounds, z], -1)
+    bg_depth = None
+    if backgrounds is not None and render_mode in ("ED", "RGB+ED"):
+        bg_depth = backgrounds[..., -1:].reshape(B, C, 1, 1, 1)  # filled in after normalization
+        backgrounds = torch.cat([backgrounds[..., :-1], torch.zeros_like(backgrounds[..., -1:])], -1)
     bg = None if backgrounds is None else backgrounds.reshape(B * C, Dp)
     img, alpha = _composite(means2d.reshape(B * C, N, 2), conics.reshape(B * C, N, 3), opac.reshape(B * C, N),
                             cols.reshape(B * C, N, Dp), ok.reshape(B * C, N), depths.reshape(B * C, N),
@@ -153,7 +157,10 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     img = img.reshape(B, C, height, width, Dp)
     alpha = alpha.reshape(B, C, height, width, 1)
     if render_mode in ("ED", "RGB+ED"):
-        img = torch.cat([img[..., :-1], img[..., -1:] / alpha.clamp(min=1e-10)], -1)
+        depth = img[..., -1:] / alpha.clamp(min=1e-10)  # expected depth of the Gaussians
+        if bg_depth is not None:  # the depth background fills the transmittance left over
+            depth = depth + (1 - alpha) * bg_depth
+        img = torch.cat([img[..., :-1], depth], -1)
     meta = dict(radii=radii, means2d=means2d, depths=depths, conics=conics, opacities=opac,
                 visibility=(radii > 0).any(-1), width=width, height=height, tile_size=tile_size, n_cameras=C)
     if not batched:
