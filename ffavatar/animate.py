@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -90,6 +91,13 @@ def select_backend(device: "torch.device | str" = "cpu", prefer: str = "auto") -
 # ---------------------------------------------------------------------------------------------
 # motion
 # ---------------------------------------------------------------------------------------------
+def _check_fps(fps, where: str) -> None:
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+        raise TypeError(f"{where}: fps expected a finite number > 0, got {type(fps).__name__} {fps!r}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"{where}: fps expected a finite number > 0, got {fps}")
+
+
 def motion_script(num_frames: int, n_shape: int = 300, n_expr: int = 100, *, num_joints: int = 5,
                   fps: float = 24.0, dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A deterministic talking-head motion: expressions, jaw, eye saccades, head nod and turn.
@@ -98,13 +106,18 @@ def motion_script(num_frames: int, n_shape: int = 300, n_expr: int = 100, *, num
         num_frames: T.
         n_shape, n_expr: blendshape counts of the model (shape stays 0; S = n_shape + n_expr).
         num_joints: J (FLAME: global, neck, jaw, left eye, right eye).
-        fps: frame rate the motion is timed for.
+        fps: frame rate the motion is timed for (a finite number > 0).
 
     Returns:
         betas [T,S] and pose [T,J*3] (axis-angle per joint).
+
+    Raises:
+        TypeError: ``fps`` is not a real number.
+        ValueError: ``num_frames`` < 0, or ``fps`` is not finite and > 0.
     """
     if num_frames < 0:
         raise ValueError(f"motion_script: num_frames must be >= 0, got {num_frames}")
+    _check_fps(fps, "motion_script")
     t = torch.arange(num_frames, dtype=torch.float64) / fps                      # seconds
     S = n_shape + n_expr
     betas = torch.zeros(num_frames, S, dtype=torch.float64)
@@ -303,10 +316,13 @@ class Animator:
         device: rendering device.
         backend: default :func:`select_backend` for the device.
         fov_y_deg: vertical field of view of the camera.
+        fps: frame rate the motion is timed for (passed to :func:`motion_script`).
     """
 
     def __init__(self, model: FlameModel, gaussians: CanonicalGaussians, size: int, device="cpu",
-                 backend: Backend | None = None, fov_y_deg: float = 22.0):
+                 backend: Backend | None = None, fov_y_deg: float = 22.0, fps: float = 24.0):
+        _check_fps(fps, "Animator")
+        self.fps = float(fps)
         self.device = torch.device(device)
         self.model = model.to(self.device, torch.float32)
         self.gaussians = gaussians.to(self.device, torch.float32)
@@ -315,9 +331,20 @@ class Animator:
         self.K = intrinsics(self.size, self.size, fov_y_deg, device=self.device)
 
     def render_sequence(self, num_frames: int, batch: int = 8):
-        """Yield ([b,H,W,3] float images in [0,1]) batches of the demo animation, in order."""
+        """Yield ([b,H,W,3] float images in [0,1]) batches of the demo animation, in order.
+
+        The arguments are checked when this is called (not at the first ``next``): ``batch`` must be
+        an int >= 1 (``TypeError``/``ValueError`` naming ``batch``).
+        """
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral):
+            raise TypeError(f"Animator.render_sequence: batch expected an int >= 1, got {type(batch).__name__}")
+        if batch < 1:
+            raise ValueError(f"Animator.render_sequence: batch expected an int >= 1, got {batch}")
         betas, pose = motion_script(num_frames, self.model.n_shape, self.model.n_expr,
-                                    num_joints=self.model.num_joints, device=self.device)
+                                    num_joints=self.model.num_joints, fps=self.fps, device=self.device)
+        return self._batches(num_frames, int(batch), betas, pose)
+
+    def _batches(self, num_frames: int, batch: int, betas: torch.Tensor, pose: torch.Tensor):
         views = orbit(num_frames, device=self.device)
         for s in range(0, num_frames, batch):
             e = min(num_frames, s + batch)

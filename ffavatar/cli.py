@@ -3,6 +3,7 @@ reports versions and which kernels are available."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -58,21 +59,23 @@ def _demo(args) -> int:
         raise SystemExit(f"ffavatar demo: --frames must be >= 1, got {args.frames}")
     if not 16 <= args.size <= 4096:
         raise SystemExit(f"ffavatar demo: --size must be in [16, 4096], got {args.size}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise SystemExit(f"ffavatar demo: --fps must be a finite number > 0, got {args.fps}")
+    if args.batch is not None and args.batch < 1:
+        raise SystemExit(f"ffavatar demo: --batch must be >= 1, got {args.batch}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("ffavatar demo: --device cuda, but torch has no CUDA device here")
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".mp4", ".gif"):
         raise SystemExit(f"ffavatar demo: --out must end in .mp4 or .gif, got {args.out!r}")
-    batch = args.batch or (16 if device == "cuda" else 4)
-    if batch < 1:
-        raise SystemExit(f"ffavatar demo: --batch must be >= 1, got {batch}")
+    batch = args.batch if args.batch is not None else (16 if device == "cuda" else 4)
 
     t0 = time.perf_counter()
     backend = select_backend(device, args.backend)
     model = synthetic_head(device=device)
     gaussians = canonical_gaussians(model)
-    anim = Animator(model, gaussians, args.size, device=device, backend=backend)
+    anim = Animator(model, gaussians, args.size, device=device, backend=backend, fps=args.fps)
     print(f"ffavatar demo: {gaussians.num_gaussians} Gaussians on {device}; {backend.description}", flush=True)
     t_setup = time.perf_counter() - t0
     with VideoWriter(args.out, fps=args.fps) as writer, \

@@ -32,6 +32,7 @@ writes this format.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import pickle
 from typing import Any
@@ -62,6 +63,14 @@ class FlameModel:
         vertex_colors: optional [V,3] float in [0,1].
         n_shape:       number of shape components (the first ``n_shape`` of S).
         n_expr:        number of expression components (the last ``n_expr`` of S).
+
+    Validation (``TypeError``/``ValueError`` naming the field): types, shapes, dtypes, one device for
+    every tensor (``vertex_colors`` included); ``parents`` must be a tree listed in order
+    (``parents[0] == -1`` and ``0 <= parents[j] < j`` for ``j > 0``) and ``faces`` must index
+    vertices in ``[0, V)``. These two *value* checks run only for CPU tensors: on an accelerator
+    they would need a host sync (DESIGN section 3). Models are normally built on the CPU
+    (:func:`load_flame`, :func:`ffavatar.synthetic.synthetic_head`) and moved with :meth:`to`, so
+    their values are checked once, before the move.
     """
 
     v_template: torch.Tensor
@@ -96,6 +105,11 @@ class FlameModel:
         if par.dtype != torch.int64:
             raise TypeError(f"FlameModel.parents: expected dtype int64, got {par.dtype}")
         J = par.shape[0]
+        if par.device.type == "cpu" and J > 0:
+            bad = (par[1:] < 0) | (par[1:] >= torch.arange(1, J))
+            if int(par[0]) != -1 or bool(bad.any()):
+                raise ValueError("FlameModel.parents: expected a kinematic tree in order (parents[0] == -1, "
+                                 f"0 <= parents[j] < j for j > 0), got {par.tolist()}")
         S = self.shapedirs.shape[-1] if self.shapedirs.dim() == 3 else -1
         P = (J - 1) * 9
         expect = {
@@ -116,6 +130,11 @@ class FlameModel:
             raise ValueError(f"FlameModel.faces: expected shape [F,3], got {list(f.shape)}")
         if f.dtype != torch.int64:
             raise TypeError(f"FlameModel.faces: expected dtype int64, got {f.dtype}")
+        if f.device.type == "cpu" and f.numel() > 0:
+            fmin, fmax = int(f.min()), int(f.max())
+            if fmin < 0 or fmax >= V:
+                raise ValueError(f"FlameModel.faces: expected vertex indices in [0, {V}), "
+                                 f"got min {fmin}, max {fmax}")
         if self.vertex_colors is not None:
             vc = self.vertex_colors
             if not isinstance(vc, torch.Tensor):
@@ -124,12 +143,18 @@ class FlameModel:
                 raise ValueError(f"FlameModel.vertex_colors: expected shape [{V},3], got {list(vc.shape)}")
             if vc.dtype != dt:
                 raise TypeError(f"FlameModel.vertex_colors: expected dtype {dt}, got {vc.dtype}")
+        for name in ("n_shape", "n_expr"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+                raise TypeError(f"FlameModel.{name}: expected an int, got {type(n).__name__}")
         if int(self.n_shape) < 0 or int(self.n_expr) < 0 or int(self.n_shape) + int(self.n_expr) != S:
             raise ValueError(
                 f"FlameModel: n_shape + n_expr must equal the number of blendshapes S={S}, "
                 f"got n_shape={self.n_shape}, n_expr={self.n_expr}")
         devs = {name: getattr(self, name).device for name in
                 ("v_template", "shapedirs", "posedirs", "J_regressor", "parents", "lbs_weights", "faces")}
+        if self.vertex_colors is not None:
+            devs["vertex_colors"] = self.vertex_colors.device
         if len(set(devs.values())) != 1:
             raise ValueError("FlameModel: all tensors must be on one device, got "
                              + ", ".join(f"{k} on {v}" for k, v in devs.items()))
@@ -272,9 +297,18 @@ def load_flame(path: "str | os.PathLike", *, n_shape: int | None = None, n_expr:
         J_regressor dense, parents int64 with -1 at the root).
 
     Raises:
+        TypeError: ``n_shape`` or ``n_expr`` is not an int (or None).
+        ValueError: ``n_shape`` or ``n_expr`` is negative, or their sum is not S.
         FlameFileError (a ValueError): the file is missing or unreadable, a key is missing, or an
         array has the wrong shape; the message names the file and the key.
     """
+    for name, n in (("n_shape", n_shape), ("n_expr", n_expr)):
+        if n is None:
+            continue
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"load_flame: {name} expected an int >= 0 or None, got {type(n).__name__} {n!r}")
+        if n < 0:
+            raise ValueError(f"load_flame: {name} expected an int >= 0 or None, got {n}")
     path = os.fspath(path)
     raw = _read_raw(path)
     missing = [k for k in _REQUIRED if k not in raw]
@@ -345,18 +379,32 @@ def load_flame(path: "str | os.PathLike", *, n_shape: int | None = None, n_expr:
         vertex_colors=None if vc is None else t(vc), n_shape=int(n_shape), n_expr=int(n_expr))
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    """Detached CPU numpy copy; floating dtypes other than float64 become float32 (numpy has no bf16)."""
+    t = t.detach().cpu()
+    if t.is_floating_point() and t.dtype != torch.float64:
+        t = t.to(torch.float32)
+    return t.numpy()
+
+
 def save_flame_npz(model: FlameModel, path: "str | os.PathLike") -> None:
-    """Write ``model`` as an ``.npz`` in the pickle's key layout (readable by :func:`load_flame`)."""
-    m = model.to("cpu")
-    V, J = m.num_vertices, m.num_joints
+    """Write ``model`` as an ``.npz`` in the pickle's key layout (readable by :func:`load_flame`).
+
+    Writes exactly ``path`` (no ``.npz`` is appended, unlike ``np.savez`` given a name; note that
+    :func:`load_flame` picks the format by the ``.npz`` extension). Tensors are detached and copied
+    to the CPU; float64 is kept, every other floating dtype (float32, float16, bfloat16) is stored
+    as float32.
+    """
+    V, J = model.num_vertices, model.num_joints
     P = (J - 1) * 9
-    parents = m.parents.numpy().astype(np.int64).copy()
+    parents = _np(model.parents).astype(np.int64).copy()
     kintree = np.stack([np.where(parents < 0, 2**32 - 1, parents), np.arange(J)]).astype(np.int64)
     out = dict(
-        v_template=m.v_template.numpy(), shapedirs=m.shapedirs.numpy(),
-        posedirs=m.posedirs.numpy().T.reshape(V, 3, P), J_regressor=m.J_regressor.numpy(),
-        weights=m.lbs_weights.numpy(), kintree_table=kintree, f=m.faces.numpy(),
-        n_shape=np.int64(m.n_shape), n_expr=np.int64(m.n_expr))
-    if m.vertex_colors is not None:
-        out["vertex_colors"] = m.vertex_colors.numpy()
-    np.savez(os.fspath(path), **out)
+        v_template=_np(model.v_template), shapedirs=_np(model.shapedirs),
+        posedirs=_np(model.posedirs).T.reshape(V, 3, P), J_regressor=_np(model.J_regressor),
+        weights=_np(model.lbs_weights), kintree_table=kintree, f=_np(model.faces).astype(np.int64),
+        n_shape=np.int64(model.n_shape), n_expr=np.int64(model.n_expr))
+    if model.vertex_colors is not None:
+        out["vertex_colors"] = _np(model.vertex_colors)
+    with open(os.fspath(path), "wb") as fh:
+        np.savez(fh, **out)

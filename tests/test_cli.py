@@ -128,3 +128,51 @@ def test_render_frames_shapes_and_empty():
     assert img.shape == (2, 24, 24, 3) and torch.isfinite(img).all()
     e = render_frames(m, g, betas[:0], pose[:0], orbit(0), intrinsics(24, 24), 24, 24)
     assert e.shape == (0, 24, 24, 3)
+
+
+@pytest.mark.parametrize("opt,val", [("--fps", "0"), ("--fps", "-5"), ("--fps", "nan"), ("--fps", "inf"),
+                                     ("--batch", "0"), ("--batch", "-2")])
+def test_demo_rejects_bad_fps_and_batch(tmp_path, opt, val):
+    from ffavatar.cli import main
+    with pytest.raises(SystemExit, match=f"{opt} must be"):
+        main(["demo", opt, val, "--device", "cpu", "--out", str(tmp_path / "x.mp4")])
+
+
+def test_motion_script_fps():
+    from ffavatar.animate import motion_script
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="fps"):
+            motion_script(3, 4, 4, fps=bad)
+    with pytest.raises(TypeError, match="fps"):
+        motion_script(3, 4, 4, fps="24")
+    b24, p24 = motion_script(5, 4, 4, fps=24.0)
+    b48, p48 = motion_script(10, 4, 4, fps=48.0)
+    torch.testing.assert_close(p48[::2], p24)                 # same motion in seconds
+    torch.testing.assert_close(b48[::2], b24)
+
+
+def test_animator_fps_and_batch(monkeypatch):
+    import ffavatar.animate as A
+    from ffavatar.animate import Animator, Backend
+    from ffavatar.gaussians import canonical_gaussians
+    from ffavatar.synthetic import synthetic_head
+    m = synthetic_head()
+    g = canonical_gaussians(m, levels=1)
+    dummy = Backend(skin_gaussians=None, rasterize=None, description="dummy")
+    with pytest.raises(ValueError, match="Animator: fps"):
+        Animator(m, g, 16, backend=dummy, fps=0)
+    anim = Animator(m, g, 16, backend=dummy, fps=12.0)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch"):
+            anim.render_sequence(4, bad)                     # raised at the call, not at next()
+    with pytest.raises(TypeError, match="batch"):
+        anim.render_sequence(4, 2.0)
+    seen = {}
+
+    def fake_motion(*a, **kw):
+        seen.update(kw)
+        return torch.zeros(4, m.num_betas), torch.zeros(4, m.num_joints * 3)
+    monkeypatch.setattr(A, "motion_script", fake_motion)
+    monkeypatch.setattr(A, "render_frames", lambda model, gs, betas, *a, **k: torch.zeros(len(betas), 16, 16, 3))
+    sizes = [x.shape[0] for x in anim.render_sequence(4, 3)]
+    assert seen["fps"] == 12.0 and sizes == [3, 1]

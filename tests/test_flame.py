@@ -129,3 +129,53 @@ def test_container_validation():
         FlameModel(*m.lbs_args()[:5], m.lbs_weights[:, :4], m.faces)
     with pytest.raises(ValueError, match="n_shape \\+ n_expr"):
         FlameModel(*m.lbs_args(), m.faces, n_shape=10, n_expr=10)
+
+
+def test_save_npz_grad_bf16_and_exact_path(tmp_path):
+    m = synthetic_head()
+    m.v_template.requires_grad_(True)
+    p = tmp_path / "head.bin"                                   # no .npz: written exactly here
+    save_flame_npz(m, p)
+    assert p.exists() and not (tmp_path / "head.bin.npz").exists()
+    with np.load(p) as z:
+        assert z["v_template"].dtype == np.float32
+        np.testing.assert_array_equal(z["v_template"], m.v_template.detach().numpy())
+    mb = m.to(dtype=torch.bfloat16)
+    save_flame_npz(mb, tmp_path / "bf16.npz")
+    m2 = load_flame(tmp_path / "bf16.npz")
+    torch.testing.assert_close(m2.shapedirs, mb.shapedirs.float(), rtol=0, atol=0)
+    save_flame_npz(m.to(dtype=torch.float64), tmp_path / "f64.npz")
+    with np.load(tmp_path / "f64.npz") as z:
+        assert z["shapedirs"].dtype == np.float64
+
+
+def test_container_value_checks():
+    m = synthetic_head()
+    V = m.num_vertices
+    args = m.lbs_args()
+    bad_faces = m.faces.clone()
+    bad_faces[0, 1] = V
+    with pytest.raises(ValueError, match=rf"faces.*\[0, {V}\).*max {V}"):
+        FlameModel(*args, bad_faces)
+    bad_faces[0, 1] = -1
+    with pytest.raises(ValueError, match="faces.*min -1"):
+        FlameModel(*args, bad_faces)
+    for par in ([0, 0, 1, 1, 1], [-1, 0, 3, 1, 1], [-1, -1, 1, 1, 1], [-1, 0, 2, 1, 1]):
+        with pytest.raises(ValueError, match=r"parents.*tree.*got \[" + ", ".join(map(str, par))):
+            FlameModel(*args[:4], torch.tensor(par), args[5], m.faces)
+    with pytest.raises(ValueError, match="vertex_colors on meta"):
+        FlameModel(*args, m.faces, vertex_colors=m.vertex_colors.to("meta"))
+    FlameModel(*args, m.faces[:0], vertex_colors=m.vertex_colors)    # no faces: fine
+
+
+@pytest.mark.parametrize("kw,exc", [(dict(n_shape="2"), TypeError), (dict(n_expr=2.0), TypeError),
+                                    (dict(n_shape=True), TypeError), (dict(n_shape=-1), ValueError),
+                                    (dict(n_expr=-3), ValueError)])
+def test_load_flame_n_args(tmp_path, kw, exc):
+    d = _fake_flame_dict()
+    d["J_regressor"] = d["J_regressor"].toarray()
+    p = tmp_path / "m.npz"
+    np.savez(p, **{k: v for k, v in d.items() if k not in ("bs_style", "bs_type")})
+    with pytest.raises(exc, match=f"load_flame: {next(iter(kw))}"):
+        load_flame(p, **kw)
+    assert load_flame(p, n_shape=np.int64(8)).n_expr == 4
