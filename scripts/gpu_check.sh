@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent H200: build the package against the torch there, run the `cuda` tests and the
-# benchmarks, print a short table last. Full logs + JSON under $OUT (default ./gpu_out).
+# benchmarks, print a short table last. Under $OUT (default ./gpu_out): gpu.txt, tests.log, bench.json,
+# table.md, and logs.tgz (build, gsplat build, junit XML, sanitizer and benchmark logs).
 #
 #   scripts/gpu_check.sh                    # everything
 #   STAGES="build tests" scripts/gpu_check.sh
@@ -49,7 +50,7 @@ cd "$RUN"
 
 if [[ $STAGES == *tests* ]]; then
   stamp "cuda tests"
-  timeout ${TEST_TIMEOUT:-300} "$PY" -m pytest tests -m cuda -q -rfE -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} \
+  timeout ${TEST_TIMEOUT:-300} "$PY" -m pytest tests -m cuda -v -rfE -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} \
     --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
@@ -72,5 +73,9 @@ if [[ $STAGES == *bench* ]]; then
   stamp "table"
   "$PY" scripts/bench_table.py "$OUT/bench.json" | tee "$OUT/table.md"
 fi
-stamp "done (status $status)"
+# The device call returns at most 8 files: keep the four read first, pack the other logs.
+( cd "$OUT" && rest=() && for f in build.log gsplat_build.log tests.xml sanitize_*.log bench.log; do
+    [ -f "$f" ] && rest+=("$f"); done
+  [ ${#rest[@]} -eq 0 ] || { tar czf logs.tgz "${rest[@]}" && rm -f "${rest[@]}"; } )
+stamp "done (status $status); results in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 exit $status
