@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import operator
 from typing import Optional
 
 import torch
@@ -244,10 +246,12 @@ def _check_cu(name: str, cu, device, total: int, total_name: str, max_given):
                          f"{cu.device}")
     if cu.numel() < 1:
         raise ValueError(f"{name}: expected shape [B+1] with B >= 0, got {list(cu.shape)}")
-    cu = cu.to(torch.int32).contiguous()
     if max_given is not None and cu.device.type != "cpu":
-        return cu, None  # trusted: reading it would be a host sync
-    vals = cu.tolist()
+        return cu.to(torch.int32).contiguous(), None  # trusted: reading it would be a host sync
+    vals = cu.tolist()  # read before the int32 cast, so an int64 value past 2**31 is not wrapped
+    if max(vals) >= 2**31:
+        raise ValueError(f"{name}: values must fit int32, got {max(vals)}")
+    cu = cu.to(torch.int32).contiguous()
     if vals[0] != 0:
         raise ValueError(f"{name}: must start at 0, got {vals[0]}")
     for i in range(len(vals) - 1):
@@ -266,8 +270,14 @@ def _check_cu(name: str, cu, device, total: int, total_name: str, max_given):
 def _check_max(name: str, value):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # ints and numpy/torch integer scalars
+    except TypeError:
+        raise TypeError(f"{name}: expected a non-negative int, got {value!r}") from None
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value}")
     return value
 
 
@@ -352,7 +362,10 @@ def cross_attention(
                              f"{list(k.shape)}")
         max_k = k.shape[2]
     scale = 1.0 / math.sqrt(d) if softmax_scale is None else softmax_scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if isinstance(scale, (bool, torch.Tensor)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"softmax_scale: expected a finite float, got {softmax_scale!r}")
+    scale = float(scale)  # numpy scalars included
+    if not math.isfinite(scale):
         raise ValueError(f"softmax_scale: expected a finite float, got {softmax_scale!r}")
     if batch * sizes["H"] > 65535:  # grid axis 1 of the kernels
         raise ValueError(f"q: batch x heads must be <= 65535, got {batch} x {sizes['H']}")

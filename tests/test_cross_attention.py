@@ -252,6 +252,22 @@ def test_cpu_bad_inputs():
         cross_attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=-1)
 
 
+
+def test_scalar_arguments_accept_numpy_and_reject_wrapped_cu_seqlens():
+    np = pytest.importorskip("numpy")
+    q = torch.randn(1, 2, 5, 32)
+    k = torch.randn(9, 2, 32)
+    cu = torch.tensor([0, 9], dtype=torch.int64)
+    want = cross_attention(q, k, k, cu_seqlens_k=cu, softmax_scale=0.1)
+    got = cross_attention(q, k, k, cu_seqlens_k=cu, max_seqlen_k=np.int64(9), softmax_scale=np.float32(0.1))
+    assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(TypeError, match="softmax_scale"):
+        cross_attention(q, k, k, cu_seqlens_k=cu, softmax_scale="0.1")
+    with pytest.raises(TypeError, match="max_seqlen_k"):
+        cross_attention(q, k, k, cu_seqlens_k=cu, max_seqlen_k=9.0)
+    with pytest.raises(ValueError, match="cu_seqlens_k"):  # 9 + 2**32 would wrap to 9 in int32
+        cross_attention(q, k, k, cu_seqlens_k=torch.tensor([0, 9 + 2**32]))
+
 # ------------------------------------------------------------------------------------------------
 # Triton kernels, interpreted on CPU (fp16 / fp32: the interpreter's bf16 dot is wrong)
 # ------------------------------------------------------------------------------------------------
