@@ -23,7 +23,7 @@ def _bg(scene, mode, dtype=None):
 @pytest.mark.parametrize("render_mode,rasterize_mode", MODES)
 @pytest.mark.parametrize("batched", [False, True])
 def test_forward_and_grads_match_reference(render_mode, rasterize_mode, batched):
-    ref_scene = make_scene(N=40, C=2, W=37, H=29, D=3, B=2 if batched else None, per_camera=batched)
+    ref_scene = make_scene(N=40, C=2, W=37, H=29, D=3, B=2 if batched else None, per_camera=batched, well_conditioned=True)
     bg = _bg(ref_scene, render_mode)
     kw = dict(render_mode=render_mode, rasterize_mode=rasterize_mode)
     ri, ra, rm, rg = run_with_grads(rasterize_ref, ref_scene, bg, **kw)
@@ -46,7 +46,7 @@ def test_forward_and_grads_match_reference(render_mode, rasterize_mode, batched)
 @pytest.mark.parametrize("D", [1, 3, 32])
 @pytest.mark.parametrize("W,H", [(16, 16), (1, 1), (40, 17), (17, 33)])
 def test_sizes_and_channels(D, W, H):
-    s = make_scene(N=25, C=1, W=W, H=H, D=D, spread=0.3)
+    s = make_scene(N=25, C=1, W=W, H=H, D=D, spread=0.3, well_conditioned=True)
     bg = _bg(s, "RGB")
     ri, ra, _, rg = run_with_grads(rasterize_ref, s, bg)
     oi, oa, om, og = run_with_grads(rasterize, cast(s, torch.float32), bg.float())
@@ -57,7 +57,7 @@ def test_sizes_and_channels(D, W, H):
 
 
 def test_gsplat_style_backgrounds_in_depth_modes():
-    s = make_scene(N=20, C=2, W=20, H=16, D=3, dtype=torch.float32)
+    s = make_scene(N=20, C=2, W=20, H=16, D=3, dtype=torch.float32, well_conditioned=True)
     bg = torch.rand(2, 3)
     for mode in ("RGB+ED", "ED"):
         a = rasterize(**s, render_mode=mode, backgrounds=bg)[0]
@@ -68,7 +68,7 @@ def test_gsplat_style_backgrounds_in_depth_modes():
 
 
 def test_per_camera_colors_and_batches_agree_with_single_calls():
-    s = make_scene(N=30, C=3, W=24, H=20, D=4, B=2, per_camera=True, dtype=torch.float32)
+    s = make_scene(N=30, C=3, W=24, H=20, D=4, B=2, per_camera=True, dtype=torch.float32, well_conditioned=True)
     img, alpha, meta = rasterize(**s)
     for b in range(2):
         for c in range(3):
@@ -191,7 +191,7 @@ def test_one_gaussian_covering_the_image():
 @pytest.mark.parametrize("near", [False, True])
 def test_saturating_pixels_and_near_plane(near):
     # many opaque splats on one spot: pixels stop early (T <= 1e-4), gradients stay finite
-    s = make_scene(N=60, C=1, W=16, H=16, spread=0.02, scale=(0.2, 0.3))
+    s = make_scene(N=60, C=1, W=16, H=16, spread=0.02, scale=(0.2, 0.3), well_conditioned=True)
     s["opacities"] = torch.full_like(s["opacities"], 0.99)
     if near:  # at the near plane: huge, badly conditioned splats; float64 exact, float32 finite
         s["means"][:5, 2] = 0.0100001
@@ -269,7 +269,7 @@ def test_torch_compile():
 
 
 def test_depth_background_fills_empty_pixels_and_nan_options_are_rejected():
-    s = make_scene(N=20, C=2, W=24, H=16, D=3, dtype=torch.float32)
+    s = make_scene(N=20, C=2, W=24, H=16, D=3, dtype=torch.float32, well_conditioned=True)
     far = dict(s, means=s["means"] + torch.tensor([0.0, 0.0, 1e4]))  # every Gaussian beyond far_plane
     for mode, bg in (("ED", torch.full((2, 1), 5.0)), ("RGB+ED", torch.cat([torch.rand(2, 3), torch.full((2, 1), 5.0)], -1))):
         img, alpha, _ = rasterize(**far, render_mode=mode, backgrounds=bg, far_plane=100.0)

@@ -14,6 +14,7 @@ import math
 import torch
 
 _ALPHA_T = 1.0 / 255.0
+_T_EPS = 1e-4  # a pixel stops before the Gaussian that takes its transmittance to <= this
 
 
 def _quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,7 @@ def _composite(means2d, conics, opac, colors, ok, depths, width, height, backgro
     use = okk[:, None, :] & (sigma >= 0) & (alpha >= _ALPHA_T)
     a = torch.where(use, alpha, torch.zeros_like(alpha))             # [M,P,N]
     next_t = torch.cumprod(1 - a, dim=-1)
-    included = next_t > 1e-4
+    included = next_t > _T_EPS
     a = a * included.to(dt)
     t_excl = torch.cumprod(torch.cat([torch.ones_like(a[..., :1]), 1 - a[..., :-1]], -1), dim=-1)
     w = a * t_excl
