@@ -82,11 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(
     const at::Tensor& v_depths, const at::Tensor& v_conics, const at::Tensor& v_opac2d, int64_t width,
     int64_t height, double eps2d, bool antialiased) {
   Dims d = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, 16);
-  check_shape(radii, "radii", {d.B, d.C, d.N, 2});
-  check_shape(v_means2d, "v_means2d", {d.B, d.C, d.N, 2});
-  check_shape(v_depths, "v_depths", {d.B, d.C, d.N});
-  check_shape(v_conics, "v_conics", {d.B, d.C, d.N, 3});
-  check_shape(v_opac2d, "v_opacities2d", {d.B, d.C, d.N});
+  check_project_grads(d, radii, v_means2d, v_depths, v_conics, v_opac2d);
   at::Tensor v_means = at::zeros_like(means), v_quats = at::zeros_like(quats);
   at::Tensor v_scales = at::zeros_like(scales), v_opacities = at::zeros_like(opacities);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "rasterize_project_bwd", [&] {

@@ -54,6 +54,17 @@ inline Dims project_dims(const at::Tensor& means, const at::Tensor& quats, const
   return make_dims(B, C, N, 1, 0, width, height, tile_size);
 }
 
+// Shapes of the projection backward's extra inputs (shared by the CPU and CUDA glue).
+inline void check_project_grads(const Dims& d, const at::Tensor& radii, const at::Tensor& v_means2d,
+                                const at::Tensor& v_depths, const at::Tensor& v_conics,
+                                const at::Tensor& v_opac2d) {
+  check_shape(radii, "radii", {d.B, d.C, d.N, 2});
+  check_shape(v_means2d, "v_means2d", {d.B, d.C, d.N, 2});
+  check_shape(v_depths, "v_depths", {d.B, d.C, d.N});
+  check_shape(v_conics, "v_conics", {d.B, d.C, d.N, 3});
+  check_shape(v_opac2d, "v_opacities2d", {d.B, d.C, d.N});
+}
+
 // Sizes of a render call: means2d [B,C,N,2], colors [B,Cc,N,D], backgrounds [B,C,D]?.
 inline Dims render_dims(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d,
                         const at::Tensor& colors, const c10::optional<at::Tensor>& backgrounds,

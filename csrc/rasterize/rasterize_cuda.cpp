@@ -45,11 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
     int64_t height, double eps2d, bool antialiased) {
   Dims d = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, 16);
   FFA_F32(means);
-  check_shape(radii, "radii", {d.B, d.C, d.N, 2});
-  check_shape(v_means2d, "v_means2d", {d.B, d.C, d.N, 2});
-  check_shape(v_depths, "v_depths", {d.B, d.C, d.N});
-  check_shape(v_conics, "v_conics", {d.B, d.C, d.N, 3});
-  check_shape(v_opac2d, "v_opacities2d", {d.B, d.C, d.N});
+  check_project_grads(d, radii, v_means2d, v_depths, v_conics, v_opac2d);
   c10::cuda::CUDAGuard guard(means.device());
   at::Tensor v_means = at::empty_like(means), v_quats = at::empty_like(quats);
   at::Tensor v_scales = at::empty_like(scales), v_opacities = at::empty_like(opacities);
