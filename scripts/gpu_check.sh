@@ -5,6 +5,7 @@
 #
 #   scripts/gpu_check.sh                    # everything
 #   STAGES="build tests" scripts/gpu_check.sh
+#   STAGES="build profile" scripts/gpu_check.sh   # per-kernel device times -> profile.log
 #   PYTEST_K="lbs" BENCH="benchmarks/bench_lbs.py" scripts/gpu_check.sh
 #
 # gsplat (comparator): put gsplat-1.5.3-py3-none-any.whl in .whl/ (pip download --no-deps
@@ -53,6 +54,13 @@ if [[ $STAGES == *tests* ]]; then
   timeout ${TEST_TIMEOUT:-300} "$PY" -m pytest tests -m cuda -v -rfE -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} \
     --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [[ $STAGES == *profile* ]]; then
+  stamp "profile (per-kernel device time)"
+  { "$PY" scripts/profile_lbs.py; "$PY" scripts/profile_rasterize.py 1; "$PY" scripts/profile_rasterize.py 8; } \
+    > "$OUT/profile.log" 2>&1 || status=1
+  grep -E "^====|wall per call" "$OUT/profile.log"
 fi
 
 if [[ $STAGES == *sanitize* ]]; then

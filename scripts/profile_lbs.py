@@ -1,18 +1,28 @@
-"""Profile driver for the LBS kernels: B=1 and B=16, 81,424 anchored Gaussians, forward and
-forward+backward, a few iterations each (FLAME sizes, random anchors as in benchmarks/bench_lbs.py).
-
-Usage on the GPU machine (after the dev build):
-    FFAVATAR_EXT_PATH=... PYTHONPATH=. ncu --clock-control none --set full -o lbs python scripts/profile_lbs.py
-or  nsys profile python scripts/profile_lbs.py
-"""
+"""Where the LBS time goes on the GPU: per-kernel device time (torch.profiler) for B=1 and B=16,
+81,424 anchored Gaussians (FLAME sizes, random anchors as in benchmarks/bench_lbs.py), forward
+(no grad) and forward+backward. Usage: python scripts/profile_lbs.py
+(also usable under ncu: ncu --clock-control none -k regex:fwd python scripts/profile_lbs.py)"""
 import importlib
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 V, J, S, P, N = 5023, 5, 400, 36, 81424
 
 
-def main(iters: int = 3) -> None:
+def _table(name, fn, iters=20):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    print(f"\n==== {name} ({iters} iters; totals)")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
+
+
+def main() -> None:
     F = importlib.import_module("ffavatar_kernels.flame_lbs")
     dev = "cuda"
     W = torch.rand(V, J, device=dev) ** 4
@@ -27,16 +37,18 @@ def main(iters: int = 3) -> None:
     for B in (1, 16):
         betas = torch.randn(B, S, device=dev)
         pose = torch.randn(B, J * 3, device=dev) * 0.3
-        for _ in range(iters):
+
+        def fwd():
             with torch.no_grad():
                 F.skin_gaussians(betas, pose, *model, idx, aw, off, q)
-        for _ in range(iters):
+
+        def fwd_bwd():
             b, p, o, qq = (t.detach().requires_grad_() for t in (betas, pose, off, q))
             means, quats = F.skin_gaussians(b, p, *model, idx, aw, o, qq)
-            loss = (means * means).sum() + (quats * quats).sum()
-            torch.autograd.grad(loss, [b, p, o, qq])
-        torch.cuda.synchronize()
-        print(f"B={B}: done")
+            torch.autograd.grad((means * means).sum() + (quats * quats).sum(), [b, p, o, qq])
+
+        _table(f"LBS B={B} fwd", fwd)
+        _table(f"LBS B={B} fwd+bwd", fwd_bwd)
 
 
 if __name__ == "__main__":
