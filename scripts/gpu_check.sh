@@ -63,6 +63,14 @@ if [[ $STAGES == *profile* ]]; then
   grep -E "^====|wall per call" "$OUT/profile.log"
 fi
 
+if [[ $STAGES == *ncu* ]]; then
+  stamp "ncu (one launch of each hot kernel)"
+  timeout ${NCU_TIMEOUT:-240} ncu --clock-control none --section SpeedOfLight --section WarpStateStats \
+    --section Occupancy --section LaunchStats --section SourceCounters -k "regex:${NCU_KERNELS:-render|vertices|gaussians|joints}" \
+    "$PY" scripts/ncu_targets.py > "$OUT/ncu.log" 2>&1 || status=1
+  grep -cE "^  [a-z_:<>]+.*\(" "$OUT/ncu.log"; tail -3 "$OUT/ncu.log"
+fi
+
 if [[ $STAGES == *sanitize* ]]; then
   for tool in memcheck racecheck; do
     stamp "compute-sanitizer $tool"
