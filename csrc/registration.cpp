@@ -14,8 +14,13 @@ TORCH_LIBRARY(ffavatar, m) {
         "Tensor betas, Tensor pose, Tensor J_template, Tensor J_dirs, int[] parents) "
         "-> (Tensor grad_betas, Tensor grad_pose, Tensor grad_joints_rest)");
   // Vertices: blendshapes + pose correctives + skinning; v_posed = pre-skinning vertices.
+  // pdl: the CUDA kernel may start before the previous kernel of the stream ends (Hopper
+  // programmatic dependent launch) and reads betas / shapedirs before waiting for it: only for
+  // callers (ffavatar_kernels.flame_lbs) whose previous kernel is flame_lbs_joints producing
+  // rot_mats / transforms. Same for skin_gaussians after flame_lbs (its prologue reads
+  // lbs_weights, anchor_idx, anchor_weights, quats before waiting). Ignored on the CPU.
   m.def("flame_lbs(Tensor betas, Tensor rot_mats, Tensor transforms, Tensor v_template, Tensor shapedirs, "
-        "Tensor posedirs, Tensor lbs_weights) -> (Tensor vertices, Tensor v_posed)");
+        "Tensor posedirs, Tensor lbs_weights, bool pdl=False) -> (Tensor vertices, Tensor v_posed)");
   m.def("flame_lbs_backward(Tensor? grad_vertices, Tensor? grad_v_posed, Tensor betas, Tensor rot_mats, "
         "Tensor transforms, Tensor shapedirs, Tensor posedirs, Tensor lbs_weights, Tensor v_posed, "
         "bool need_v_template, bool need_shapedirs, bool need_posedirs, bool need_lbs_weights) "
@@ -23,7 +28,8 @@ TORCH_LIBRARY(ffavatar, m) {
         "Tensor grad_shapedirs, Tensor grad_posedirs, Tensor grad_lbs_weights)");
   // Anchored Gaussians: means and rotations skinned by the anchor-blended transforms.
   m.def("skin_gaussians(Tensor v_posed, Tensor transforms, Tensor lbs_weights, Tensor anchor_idx, "
-        "Tensor anchor_weights, Tensor? offsets, Tensor? quats, bool means_only) -> (Tensor means, Tensor quats_out)");
+        "Tensor anchor_weights, Tensor? offsets, Tensor? quats, bool means_only, bool pdl=False) "
+        "-> (Tensor means, Tensor quats_out)");
   m.def("skin_gaussians_backward(Tensor? grad_means, Tensor? grad_quats, Tensor v_posed, Tensor transforms, "
         "Tensor lbs_weights, Tensor anchor_idx, Tensor anchor_weights, Tensor? offsets, Tensor? quats, "
         "bool means_only, bool need_lbs_weights, bool need_anchor_weights) -> (Tensor grad_v_posed, "

@@ -50,7 +50,7 @@ def _joints_bwd_fake(g_rot, g_joints, g_A, betas, pose, J_template, J_dirs, pare
     return (torch.empty_like(betas), torch.empty_like(pose), betas.new_empty(B, J, 3))
 
 
-def _verts_fake(betas, rot, A, v_template, shapedirs, posedirs, lbs_weights):
+def _verts_fake(betas, rot, A, v_template, shapedirs, posedirs, lbs_weights, pdl=False):
     B, V = betas.shape[0], v_template.shape[0]
     return betas.new_empty(B, V, 3), betas.new_empty(B, V, 3)
 
@@ -66,7 +66,7 @@ def _verts_bwd_fake(g_verts, g_vposed, betas, rot, A, shapedirs, posedirs, lbs_w
             torch.empty_like(lbs_weights) if need_W else e)
 
 
-def _gauss_fake(v_posed, A, W, idx, aw, offsets, quats, means_only):
+def _gauss_fake(v_posed, A, W, idx, aw, offsets, quats, means_only, pdl=False):
     B, N = v_posed.shape[0], idx.shape[0]
     return v_posed.new_empty(B, N, 3), v_posed.new_empty(B, N, 4)
 
@@ -105,7 +105,7 @@ def _joints_backward(ctx, g_rot, g_joints, g_A):
 
 
 def _verts_setup(ctx, inputs, output):
-    betas, rot, A, v_template, shapedirs, posedirs, W = inputs
+    betas, rot, A, v_template, shapedirs, posedirs, W = inputs[:7]
     ctx.save_for_backward(betas, rot, A, shapedirs, posedirs, W, output[1])
 
 
@@ -117,12 +117,12 @@ def _verts_backward(ctx, g_verts, g_vposed):
         g_verts, g_vposed, betas, rot, A, shapedirs, posedirs, W, v_posed, n[3], n[4], n[5], n[6])
     return (gb if n[0] else None, grot if n[1] else None, gA if n[2] else None,
             gvt if n[3] else None, gsd if n[4] else None, gpd if n[5] else None,
-            gW if n[6] else None)
+            gW if n[6] else None, None)
 
 
 
 def _gauss_setup(ctx, inputs, output):
-    v_posed, A, W, idx, aw, offsets, quats, means_only = inputs
+    v_posed, A, W, idx, aw, offsets, quats, means_only = inputs[:8]
     ctx.means_only = means_only
     ctx.has_off, ctx.has_q = offsets is not None, quats is not None
     ctx.save_for_backward(v_posed, A, W, idx, aw, offsets, quats)
@@ -137,7 +137,7 @@ def _gauss_backward(ctx, g_means, g_quats):
         quats if ctx.has_q else None, ctx.means_only, n[2], n[4])
     return (gvp if n[0] else None, gA if n[1] else None, gW if n[2] else None, None,
             gaw if n[4] else None, goff if (ctx.has_off and n[5]) else None,
-            gq if (ctx.has_q and n[6]) else None, None)
+            gq if (ctx.has_q and n[6]) else None, None, None)
 
 
 
@@ -263,12 +263,18 @@ def _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, pare
 
 
 def _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights):
-    c = lambda t: t.contiguous()  # noqa: E731
-    J_template, J_dirs = _joint_products(c(J_regressor), c(v_template), c(shapedirs))
-    rot, joints, A = _ops.flame_lbs_joints(c(betas), pose_k, J_template, J_dirs, par)
-    verts, v_posed = _ops.flame_lbs(c(betas), rot, A, c(v_template), c(shapedirs), c(posedirs),
-                                    c(lbs_weights))
-    return verts, v_posed, joints, A
+    """Joints then vertices (returns verts, v_posed, joints, A and the contiguous lbs_weights).
+    Every input is made contiguous before the first launch, so the kernels run back to back and the
+    vertex kernel may start under programmatic dependent launch (``pdl=True``: its inputs other than
+    rot / A exist before the joints kernel starts). skin_gaussians callers make their own inputs
+    contiguous before calling this, for the same reason."""
+    betas, v_template, shapedirs, posedirs, lbs_weights = (
+        t.contiguous() for t in (betas, v_template, shapedirs, posedirs, lbs_weights))
+    J_template, J_dirs = _joint_products(J_regressor.contiguous(), v_template, shapedirs)
+    rot, joints, A = _ops.flame_lbs_joints(betas, pose_k, J_template, J_dirs, par)
+    verts, v_posed = _ops.flame_lbs(betas, rot, A, v_template, shapedirs, posedirs, lbs_weights,
+                                    betas.is_cuda)
+    return verts, v_posed, joints, A, lbs_weights
 
 
 def flame_lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, *,
@@ -294,8 +300,8 @@ def flame_lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents
     pose_k, par = _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents,
                                lbs_weights)
     _ext.require("flame_lbs")
-    verts, _, joints, A = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor,
-                                   par, lbs_weights)
+    verts, _, joints, A, _ = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor,
+                                      par, lbs_weights)
     return (verts, joints, A) if return_transforms else (verts, joints)
 
 
@@ -340,10 +346,11 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
         check_tensor("quats", quats, ("N", 4), dt, dev, sz)
         quats = quats.contiguous()
     _ext.require("skin_gaussians")
-    _, v_posed, _, A = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par,
-                                lbs_weights)
-    return _ops.skin_gaussians(v_posed, A, lbs_weights.contiguous(), anchor_idx.contiguous(),
-                               anchor_weights.contiguous(), offsets, quats, bool(means_only))
+    anchor_idx, anchor_weights = anchor_idx.contiguous(), anchor_weights.contiguous()
+    _, v_posed, _, A, W = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par,
+                                   lbs_weights)
+    return _ops.skin_gaussians(v_posed, A, W, anchor_idx, anchor_weights, offsets, quats,
+                               bool(means_only), v_posed.is_cuda)
 
 
 def shape_template(v_template, shapedirs, betas_shape):

@@ -324,19 +324,6 @@ HOST_DEVICE void quat_mul_backward(const T* p, const T* q, const T* g, T* gp, T*
 }
 
 // ---- one anchored Gaussian, one frame -------------------------------------------------------------
-// Blended transform of a Gaussian: M = sum_k w_k sum_j W[i_k, j] A_j.
-template <typename T, typename I>
-HOST_DEVICE void anchor_transform(int J, int K, const I* idx, const T* aw, const T* W, const T* A, T* M) {
-  for (int i = 0; i < 12; ++i) M[i] = T(0);
-  for (int k = 0; k < K; ++k) {
-    const T* Wk = W + (int64_t)idx[k] * J;
-    for (int j = 0; j < J; ++j) {
-      T c = aw[k] * Wk[j];
-      for (int i = 0; i < 12; ++i) M[i] += c * A[j * 16 + i];
-    }
-  }
-}
-
 // Anchored rest point: p = sum_k w_k vp[i_k] + off (off may be null).
 template <typename T, typename I>
 HOST_DEVICE void anchor_point(int K, const I* idx, const T* aw, const T* vp, const T* off, T* p) {
@@ -391,27 +378,38 @@ HOST_DEVICE void gaussian_forward(int J, int K, const I* idx, const T* aw, const
   gaussian_pose(M, p, qc, means_only, mean, qout);
 }
 
-// Backward for one Gaussian and frame. Outputs (overwritten): gM [12] (dL/d blended transform),
-// gp [3] (dL/d anchored rest point = dL/d offset), M [12], p [3]; gqg [4] accumulated (+=, if qg).
-// The caller scatters: gA_j += Wu_j gM, gvp[i_k] += w_k gp, gW[i_k,j] += w_k <A_j, gM>,
-// gaw_k += <vp[i_k], gp> + sum_j W[i_k,j] <A_j, gM>.
+// Backward of gaussian_pose for one frame: gM [12] (dL/d blended transform) and gp [3] (dL/d anchored
+// rest point = dL/d offset) are overwritten; gqc [4] (dL/d normalized canonical quaternion) is
+// accumulated (+=), so a caller can sum it over frames and apply quat_normalize_backward once.
+template <typename T>
+HOST_DEVICE void gaussian_pose_backward(const T* M, const T* p, const T* qc, bool means_only, const T* gmean,
+                                        const T* gq, T* gM, T* gp, T* gqc) {
+  apply_transform_backward(M, p, gmean, gM, gp);
+  if (means_only) {
+    for (int k = 0; k < 4; ++k) gqc[k] += gq[k];
+  } else {
+    T qm[4], gqm[4], t[4];
+    matrix_to_quat(M, qm);
+    quat_mul_backward(qm, qc, gq, gqm, t);
+    for (int k = 0; k < 4; ++k) gqc[k] += t[k];
+    matrix_to_quat_backward(M, gqm, gM);
+  }
+}
+
+// Backward for one Gaussian and frame (the CPU path). Outputs (overwritten): gM [12], gp [3], M [12],
+// p [3]; gqg [4] accumulated (+=, if qg). M is recomputed as the forward does (anchor_joint_weights
+// then blend_transform, same order). The caller scatters: gA_j += Wu_j gM, gvp[i_k] += w_k gp,
+// gW[i_k,j] += w_k <A_j, gM>, gaw_k += <vp[i_k], gp> + sum_j W[i_k,j] <A_j, gM>.
 template <typename T, typename I>
 HOST_DEVICE void gaussian_backward(int J, int K, const I* idx, const T* aw, const T* vp, const T* W, const T* A,
                                    const T* off, const T* qg, bool means_only, const T* gmean, const T* gq,
                                    T* M, T* p, T* gM, T* gp, T* gqg) {
-  anchor_transform(J, K, idx, aw, W, A, M);
+  T wg[kMaxJoints], qc[4], gqc[4] = {T(0), T(0), T(0), T(0)};
+  anchor_joint_weights(J, K, idx, aw, W, wg);
+  blend_transform(J, wg, A, M);
   anchor_point(K, idx, aw, vp, off, p);
-  apply_transform_backward(M, p, gmean, gM, gp);
-  T qc[4], gqc[4];
   canonical_quat(qg, qc);
-  if (means_only) {
-    for (int k = 0; k < 4; ++k) gqc[k] = gq[k];
-  } else {
-    T qm[4], gqm[4];
-    matrix_to_quat(M, qm);
-    quat_mul_backward(qm, qc, gq, gqm, gqc);
-    matrix_to_quat_backward(M, gqm, gM);
-  }
+  gaussian_pose_backward(M, p, qc, means_only, gmean, gq, gM, gp, gqc);
   if (qg) {
     T t[4];
     quat_normalize_backward(qg, gqc, t);

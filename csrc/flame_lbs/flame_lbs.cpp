@@ -117,7 +117,7 @@ at::Tensor pose_feature(const at::Tensor& rot) {
 
 std::tuple<at::Tensor, at::Tensor> vertices_cpu(const at::Tensor& betas, const at::Tensor& rot, const at::Tensor& A,
                                                 const at::Tensor& v_template, const at::Tensor& shapedirs,
-                                                const at::Tensor& posedirs, const at::Tensor& W) {
+                                                const at::Tensor& posedirs, const at::Tensor& W, bool /*pdl*/) {
   auto z = check_vertex_args(betas, rot, A, v_template, shapedirs, posedirs, W);
   int64_t B = z.B, V = z.V, J = z.J;
   auto verts = at::empty({B, V, 3}, betas.options());

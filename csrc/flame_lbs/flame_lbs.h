@@ -40,7 +40,7 @@ cudaError_t launch_joints_bwd(const float* grad_rot, const float* grad_joints, c
 
 cudaError_t launch_vertices_fwd(const float* betas, const float* rot, const float* A, const float* v_template,
                                 const float* shapedirs, const float* posedirs, const float* W, int B, int V,
-                                int J, int S, float* verts, float* v_posed, cudaStream_t stream);
+                                int J, int S, float* verts, float* v_posed, bool pdl, cudaStream_t stream);
 // grad_verts / grad_vposed may be null. Zero-initialized outputs (caller): grad_betas [B,S],
 // grad_rot [B,J,9], grad_A [B,J,16]. Written (may be null = not needed): grad_vt [V,3],
 // grad_sd [V,3,S], grad_pd [P,V*3], grad_W [V,J].
@@ -55,10 +55,16 @@ template <typename I>
 cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const float* W, const I* idx,
                                  const float* aw, const float* offsets, bool offsets_batched, const float* quats,
                                  bool means_only, int B, int V, int J, int N, int K, float* means, float* qout,
-                                 cudaStream_t stream);
+                                 bool pdl, cudaStream_t stream);
 // grad_means / grad_q may be null. Zero-initialized (caller): grad_vposed [B,V,3], grad_A [B,J,16],
 // grad_W [V,J] (null if not needed). Written: grad_aw [N,K] (null if not needed), grad_off (like
 // offsets; null if none), grad_q [N,4] (null if no quats).
+// The Gaussian backward splits the frames into groups of kBwdFrames (grid y); with more than one
+// group, the per-Gaussian outputs (grad_aw, grad_offsets [N,3], grad_quats) are added atomically and
+// must be zero-initialized by the caller.
+constexpr int kBwdFrames = 4;
+inline bool gaussians_bwd_accumulates(int64_t B) { return B > kBwdFrames; }
+
 template <typename I>
 cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, const float* v_posed, const float* A,
                                  const float* W, const I* idx, const float* aw, const float* offsets,

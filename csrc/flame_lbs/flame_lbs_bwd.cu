@@ -213,94 +213,6 @@ cudaError_t launch_vertices_bwd_bt(const float* gout, const float* gvpx, const f
   return cudaGetLastError();
 }
 
-// One thread per Gaussian, looping over frames (per-Gaussian gradients stay in registers).
-template <typename I>
-__global__ void __launch_bounds__(256) gaussians_bwd_kernel(
-    const float* __restrict__ gmeans, const float* __restrict__ gquats, const float* __restrict__ vposed,
-    const float* __restrict__ A, const float* __restrict__ W, const I* __restrict__ idx, const float* __restrict__ aw,
-    const float* __restrict__ off, bool off_batched, const float* __restrict__ quats, bool means_only, int B, int V,
-    int J, int N, int K, bool smem_gA, float* __restrict__ g_vp, float* __restrict__ g_A, float* __restrict__ g_W,
-    float* __restrict__ g_aw, float* __restrict__ g_off, float* __restrict__ g_q) {
-  extern __shared__ float s_gA[];  // [B,J,12] when smem_gA
-  if (smem_gA) {
-    for (int e = threadIdx.x; e < B * J * 12; e += blockDim.x) s_gA[e] = 0.f;
-    __syncthreads();
-  }
-  const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const bool valid = n < N;
-  const int lane = threadIdx.x % kWarp;
-  I id[4] = {0, 0, 0, 0};
-  float w[4] = {0.f, 0.f, 0.f, 0.f}, gaw[4] = {0.f, 0.f, 0.f, 0.f}, gq[4] = {0.f, 0.f, 0.f, 0.f};
-  float goff[3] = {0.f, 0.f, 0.f};
-  float Wu[kMaxJoints], gWu[kMaxJoints];
-  if (valid)
-    for (int k = 0; k < K; ++k) { id[k] = idx[n * K + k]; w[k] = aw[n * K + k]; }
-  for (int j = 0; j < J; ++j) {
-    float s = 0.f;
-    if (valid) for (int k = 0; k < K; ++k) s += w[k] * W[(int64_t)id[k] * J + j];
-    Wu[j] = s;
-    gWu[j] = 0.f;
-  }
-  for (int b = 0; b < B; ++b) {
-    const float* Ab = A + (int64_t)b * J * 16;
-    float gM[12];
-    for (int i = 0; i < 12; ++i) gM[i] = 0.f;
-    if (valid) {
-      const int64_t i = (int64_t)b * N + n;
-      const float* vpb = vposed + (int64_t)b * V * 3;
-      const float* o = off ? off + (off_batched ? i : n) * 3 : nullptr;
-      float gm[3] = {0.f, 0.f, 0.f}, gqo[4] = {0.f, 0.f, 0.f, 0.f}, M[12], p[3], gp[3];
-      if (gmeans) for (int c = 0; c < 3; ++c) gm[c] = gmeans[i * 3 + c];
-      if (gquats) for (int c = 0; c < 4; ++c) gqo[c] = gquats[i * 4 + c];
-      gaussian_backward(J, K, id, w, vpb, W, Ab, o, quats ? quats + n * 4 : nullptr, means_only, gm, gqo, M, p, gM,
-                        gp, gq);
-      for (int j = 0; j < J; ++j) {
-        float d = 0.f;
-        for (int e = 0; e < 12; ++e) d += __ldg(Ab + j * 16 + e) * gM[e];
-        gWu[j] += d;
-      }
-      for (int k = 0; k < K; ++k) {
-        const float* v = vpb + (int64_t)id[k] * 3;
-        gaw[k] += v[0] * gp[0] + v[1] * gp[1] + v[2] * gp[2];
-        float* dst = g_vp + ((int64_t)b * V + id[k]) * 3;
-        for (int c = 0; c < 3; ++c) atomicAdd(dst + c, w[k] * gp[c]);
-      }
-      if (g_off) {
-        if (off_batched) for (int c = 0; c < 3; ++c) g_off[i * 3 + c] = gp[c];
-        else for (int c = 0; c < 3; ++c) goff[c] += gp[c];
-      }
-    }
-    for (int j = 0; j < J; ++j)
-      for (int e = 0; e < 12; ++e) {
-        float t = warp_sum(Wu[j] * gM[e]);
-        if (lane == 0) {
-          if (smem_gA) atomicAdd(s_gA + (b * J + j) * 12 + e, t);
-          else atomicAdd(g_A + ((int64_t)b * J + j) * 16 + e, t);
-        }
-      }
-  }
-  if (valid) {
-    for (int k = 0; k < K; ++k) {
-      float acc = gaw[k];
-      for (int j = 0; j < J; ++j) {
-        const float wkj = W[(int64_t)id[k] * J + j];
-        acc += wkj * gWu[j];
-        if (g_W) atomicAdd(g_W + (int64_t)id[k] * J + j, w[k] * gWu[j]);
-      }
-      if (g_aw) g_aw[n * K + k] = acc;
-    }
-    if (g_off && !off_batched) for (int c = 0; c < 3; ++c) g_off[n * 3 + c] = goff[c];
-    if (g_q) for (int c = 0; c < 4; ++c) g_q[n * 4 + c] = gq[c];
-  }
-  if (smem_gA) {
-    __syncthreads();
-    for (int e = threadIdx.x; e < B * J * 12; e += blockDim.x) {
-      const int bj = e / 12, i = e % 12;
-      atomicAdd(g_A + (int64_t)bj * 16 + i, s_gA[e]);
-    }
-  }
-}
-
 }  // namespace
 
 cudaError_t launch_joints_bwd(const float* grad_rot, const float* grad_joints, const float* grad_A,
@@ -329,31 +241,6 @@ cudaError_t launch_vertices_bwd(const float* grad_verts, const float* grad_vpose
   return FFA_LBS_VBWD(16);
 #undef FFA_LBS_VBWD
 }
-
-template <typename I>
-cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, const float* v_posed, const float* A,
-                                 const float* W, const I* idx, const float* aw, const float* offsets,
-                                 bool offsets_batched, const float* quats, bool means_only, int B, int V, int J,
-                                 int N, int K, float* grad_vposed, float* grad_A, float* grad_W, float* grad_aw,
-                                 float* grad_off, float* grad_quats, cudaStream_t stream) {
-  if (B == 0 || N == 0) return cudaSuccess;
-  const int threads = 256;
-  const size_t gA_bytes = sizeof(float) * (size_t)B * J * 12;
-  const bool smem_gA = gA_bytes <= 32 * 1024;
-  gaussians_bwd_kernel<I><<<(N + threads - 1) / threads, threads, smem_gA ? gA_bytes : 0, stream>>>(
-      grad_means, grad_q, v_posed, A, W, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, N, K, smem_gA,
-      grad_vposed, grad_A, grad_W, grad_aw, grad_off, grad_quats);
-  return cudaGetLastError();
-}
-
-template cudaError_t launch_gaussians_bwd<int32_t>(const float*, const float*, const float*, const float*,
-                                                   const float*, const int32_t*, const float*, const float*, bool,
-                                                   const float*, bool, int, int, int, int, int, float*, float*,
-                                                   float*, float*, float*, float*, cudaStream_t);
-template cudaError_t launch_gaussians_bwd<int64_t>(const float*, const float*, const float*, const float*,
-                                                   const float*, const int64_t*, const float*, const float*, bool,
-                                                   const float*, bool, int, int, int, int, int, float*, float*,
-                                                   float*, float*, float*, float*, cudaStream_t);
 
 }  // namespace lbs
 }  // namespace ffa

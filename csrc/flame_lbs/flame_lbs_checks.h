@@ -140,7 +140,8 @@ inline GaussianSizes check_gaussian_args(const at::Tensor& v_posed, const at::Te
 std::tuple<at::Tensor, at::Tensor> skin_gaussians_cpu(const at::Tensor& v_posed, const at::Tensor& A,
                                                       const at::Tensor& W, const at::Tensor& idx,
                                                       const at::Tensor& aw, const c10::optional<at::Tensor>& offsets,
-                                                      const c10::optional<at::Tensor>& quats, bool means_only);
+                                                      const c10::optional<at::Tensor>& quats, bool means_only,
+                                                      bool pdl);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> skin_gaussians_backward_cpu(
     const c10::optional<at::Tensor>& grad_means, const c10::optional<at::Tensor>& grad_quats, const at::Tensor& v_posed,
     const at::Tensor& A, const at::Tensor& W, const at::Tensor& idx, const at::Tensor& aw,

@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joints_backward_cuda(
 
 std::tuple<at::Tensor, at::Tensor> vertices_cuda(const at::Tensor& betas, const at::Tensor& rot, const at::Tensor& A,
                                                  const at::Tensor& v_template, const at::Tensor& shapedirs,
-                                                 const at::Tensor& posedirs, const at::Tensor& W) {
+                                                 const at::Tensor& posedirs, const at::Tensor& W, bool pdl) {
   auto z = check_vertex_args(betas, rot, A, v_template, shapedirs, posedirs, W);
   require_float(betas, "betas");
   c10::cuda::CUDAGuard guard(betas.device());
@@ -73,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> vertices_cuda(const at::Tensor& betas, const 
   FFA_CHECK_CUDA(launch_vertices_fwd(betas.data_ptr<float>(), rot.data_ptr<float>(), A.data_ptr<float>(),
                                      v_template.data_ptr<float>(), shapedirs.data_ptr<float>(),
                                      posedirs.data_ptr<float>(), W.data_ptr<float>(), (int)z.B, (int)z.V, (int)z.J,
-                                     (int)z.S, verts.data_ptr<float>(), v_posed.data_ptr<float>(),
+                                     (int)z.S, verts.data_ptr<float>(), v_posed.data_ptr<float>(), pdl,
                                      c10::cuda::getCurrentCUDAStream()),
                  "flame_lbs kernel");
   return {verts, v_posed};
@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor> gaussians_cuda(const at::Tensor& v_posed, const at::Tensor& A, const at::Tensor& W,
                                                   const at::Tensor& idx, const at::Tensor& aw,
                                                   const c10::optional<at::Tensor>& offsets,
-                                                  const c10::optional<at::Tensor>& quats, bool means_only) {
+                                                  const c10::optional<at::Tensor>& quats, bool means_only, bool pdl) {
   auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats);
   require_float(v_posed, "v_posed");
   c10::cuda::CUDAGuard guard(v_posed.device());
@@ -134,12 +134,12 @@ std::tuple<at::Tensor, at::Tensor> gaussians_cuda(const at::Tensor& v_posed, con
     err = launch_gaussians_fwd<int32_t>(v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(),
                                         idx.data_ptr<int32_t>(), aw.data_ptr<float>(), off, z.offsets_batched, q,
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
-                                        means.data_ptr<float>(), qout.data_ptr<float>(), stream);
+                                        means.data_ptr<float>(), qout.data_ptr<float>(), pdl, stream);
   else
     err = launch_gaussians_fwd<int64_t>(v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(),
                                         idx.data_ptr<int64_t>(), aw.data_ptr<float>(), off, z.offsets_batched, q,
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
-                                        means.data_ptr<float>(), qout.data_ptr<float>(), stream);
+                                        means.data_ptr<float>(), qout.data_ptr<float>(), pdl, stream);
   FFA_CHECK_CUDA(err, "skin_gaussians kernel");
   return {means, qout};
 }
@@ -159,9 +159,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto grad_vp = at::zeros_like(v_posed);
   auto grad_A = at::zeros_like(A);
   auto grad_W = need_W ? at::zeros_like(W) : e;
-  auto grad_aw = need_aw ? (z.B > 0 ? at::empty_like(aw) : at::zeros_like(aw)) : e;
-  auto grad_off = offsets.has_value() ? (z.B > 0 ? at::empty_like(*offsets) : at::zeros_like(*offsets)) : e;
-  auto grad_q = quats.has_value() ? (z.B > 0 ? at::empty_like(*quats) : at::zeros_like(*quats)) : e;
+  // written once per element when one frame group covers B, else accumulated (see flame_lbs.h)
+  const bool zero = z.B == 0 || gaussians_bwd_accumulates(z.B);
+  auto like = [&](const at::Tensor& t) { return zero ? at::zeros_like(t) : at::empty_like(t); };
+  auto grad_aw = need_aw ? like(aw) : e;
+  auto grad_off = offsets.has_value() ? (z.offsets_batched && z.B > 0 ? at::empty_like(*offsets) : like(*offsets)) : e;
+  auto grad_q = quats.has_value() ? like(*quats) : e;
   const float* off = offsets.has_value() ? offsets->data_ptr<float>() : nullptr;
   const float* q = quats.has_value() ? quats->data_ptr<float>() : nullptr;
   float* p_gW = need_W ? grad_W.data_ptr<float>() : nullptr;

@@ -2,6 +2,10 @@
 // Launch plan per call: (1) joints: one block per frame; (2) vertices: one warp per vertex, all
 // frames of a chunk of <= 16 at once so shapedirs is read once for B <= 16; (3) Gaussians: one thread
 // per (Gaussian, frame), fused with the gather of its anchors. Math: csrc/common/lbs_math.h.
+// (2) and (3) are programmatic dependent launches (common/pdl.cuh, sm_90): the vertex kernel blends
+// shapedirs while the joints kernel still runs and waits only before it reads rot / A; the Gaussian
+// kernel gathers its anchors' joint weights while the vertex kernel finishes.
+#include "common/pdl.cuh"
 #include "flame_lbs/flame_lbs.h"
 
 namespace ffa {
@@ -39,10 +43,12 @@ __global__ void joints_fwd_kernel(const float* __restrict__ betas, const float* 
                                   const float* __restrict__ Jt, const float* __restrict__ Jd, Parents par, int J,
                                   int S, float* __restrict__ rot, float* __restrict__ joints, float* __restrict__ A) {
   __shared__ float s_rest[kMaxJoints * 3], s_rot[kMaxJoints * 9], s_G[kMaxJoints * 12];
+  pdl_trigger();  // the vertex kernel's shape blend does not read our outputs
   const int b = blockIdx.x, lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
   const float* bb = betas + (int64_t)b * S;
   for (int o = warp; o < J * 3; o += nw) {
     float acc = 0.f;
+#pragma unroll 8
     for (int s = lane; s < S; s += kWarp) acc += Jd[(int64_t)o * S + s] * bb[s];
     acc = warp_sum(acc);
     if (lane == 0) s_rest[o] = Jt[o] + acc;
@@ -60,18 +66,122 @@ __global__ void joints_fwd_kernel(const float* __restrict__ betas, const float* 
   if (threadIdx.x == 0) chain_forward(J, par, s_rot, s_rest, s_G, joints + (int64_t)b * J * 3, A + (int64_t)b * J * 16);
 }
 
-// One warp per vertex; BT frames per pass (betas, pose features, transforms of those frames in smem).
+// Shape blend of vertex v for the BT frames of the chunk: acc[bt][c] = this lane's share of
+// sum_s shapedirs[v,c,s] betas[bt,s] (reduced over the warp in finish_vertex). The three rows of the
+// vertex are loaded together so each betas value read from smem serves 3 FMAs; VEC4: float4 loads
+// of shapedirs and betas (S % 4 == 0, 16 B aligned).
 template <int BT, bool VEC4>
-__global__ void __launch_bounds__(256) vertices_fwd_kernel(
+__device__ __forceinline__ void blend_shape(const float* __restrict__ sd, const float* s_b, int v, int S, int lane,
+                                            float (&acc)[BT][3]) {
+#pragma unroll
+  for (int bt = 0; bt < BT; ++bt) acc[bt][0] = acc[bt][1] = acc[bt][2] = 0.f;
+  const float* row = sd + (int64_t)v * 3 * S;
+  if (VEC4) {
+    const int S4 = S >> 2;
+    const float4* r0 = reinterpret_cast<const float4*>(row);
+    const float4* r1 = reinterpret_cast<const float4*>(row + S);
+    const float4* r2 = reinterpret_cast<const float4*>(row + 2 * S);
+    const float4* sb4 = reinterpret_cast<const float4*>(s_b);
+#pragma unroll 2
+    for (int s4 = lane; s4 < S4; s4 += kWarp) {
+      const float4 x0 = __ldg(r0 + s4), x1 = __ldg(r1 + s4), x2 = __ldg(r2 + s4);
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) {
+        const float4 bb = sb4[bt * S4 + s4];
+        acc[bt][0] += x0.x * bb.x + x0.y * bb.y + x0.z * bb.z + x0.w * bb.w;
+        acc[bt][1] += x1.x * bb.x + x1.y * bb.y + x1.z * bb.z + x1.w * bb.w;
+        acc[bt][2] += x2.x * bb.x + x2.y * bb.y + x2.z * bb.z + x2.w * bb.w;
+      }
+    }
+  } else {
+#pragma unroll 4
+    for (int s = lane; s < S; s += kWarp) {
+      const float x0 = __ldg(row + s), x1 = __ldg(row + S + s), x2 = __ldg(row + 2 * S + s);
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) {
+        const float bb = s_b[bt * S + s];
+        acc[bt][0] += x0 * bb; acc[bt][1] += x1 * bb; acc[bt][2] += x2 * bb;
+      }
+    }
+  }
+}
+
+// Sums acc[bt][c] over the warp, BT frames x 3 at once: a transposed reduce-scatter (each xor round
+// hands half of the remaining frames to the partner lane: 3*(BT/2 + BT/4 + ... + 1) shuffles, then
+// plain xor rounds) instead of 3*BT 5-step butterflies (BT=16: 48 shuffles instead of 240). Returns
+// the frame whose sums `out` this lane holds, or -1 on the lanes that hold a duplicate.
+template <int BT>
+__device__ __forceinline__ int reduce_scatter_frames(float (&acc)[BT][3], int lane, float (&out)[3]) {
+  constexpr int R = BT >= 16 ? 4 : BT >= 8 ? 3 : BT >= 4 ? 2 : BT >= 2 ? 1 : 0;
+  static_assert(BT == (1 << R), "BT must be a power of two <= 16");
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int off = 16 >> r, h = BT >> (r + 1);
+    const bool upper = (lane & off) != 0;
+#pragma unroll
+    for (int k = 0; k < h; ++k)
+#pragma unroll
+      for (int c = 0; c < 3; ++c) {
+        const float send = upper ? acc[k][c] : acc[k + h][c];
+        const float keep = upper ? acc[k + h][c] : acc[k][c];
+        acc[k][c] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+      }
+  }
+#pragma unroll
+  for (int off = 16 >> R; off > 0; off >>= 1)
+#pragma unroll
+    for (int c = 0; c < 3; ++c) acc[0][c] += __shfl_xor_sync(0xffffffffu, acc[0][c], off);
+#pragma unroll
+  for (int c = 0; c < 3; ++c) out[c] = acc[0][c];
+  const int dup = (1 << (5 - R)) - 1;  // lanes sharing a frame: only the first one reports it
+  return (lane & dup) == 0 ? lane >> (5 - R) : -1;
+}
+
+// Pose correctives, warp reduction, skinning and stores of vertex v (frame b0+f by the lane that
+// holds frame f's sums, f < nb).
+template <int BT>
+__device__ __forceinline__ void finish_vertex(float (&acc)[BT][3], const float* s_pf, const float* s_A,
+                                              const float* __restrict__ vt, const float* __restrict__ pd,
+                                              const float* __restrict__ W, int v, int b0, int nb, int V, int J,
+                                              int lane, float* __restrict__ verts, float* __restrict__ v_posed) {
+  const int P = (J - 1) * 9;
+  for (int p = lane; p < P; p += kWarp) {
+    const float* col = pd + (int64_t)p * V * 3 + (int64_t)v * 3;
+    float x0 = __ldg(col), x1 = __ldg(col + 1), x2 = __ldg(col + 2);
+#pragma unroll
+    for (int bt = 0; bt < BT; ++bt) {
+      float f = s_pf[bt * P + p];
+      acc[bt][0] += x0 * f; acc[bt][1] += x1 * f; acc[bt][2] += x2 * f;
+    }
+  }
+  float mine[3];
+  const int f = reduce_scatter_frames<BT>(acc, lane, mine);
+  if (f >= 0 && f < nb) {
+    const int64_t o = ((int64_t)(b0 + f) * V + v) * 3;
+    float p[3], M[12], out[3];
+    for (int c = 0; c < 3; ++c) p[c] = vt[(int64_t)v * 3 + c] + mine[c];
+    blend_transform(J, W + (int64_t)v * J, s_A + f * J * 16, M);
+    apply_transform(M, p, out);
+    for (int c = 0; c < 3; ++c) { v_posed[o + c] = p[c]; verts[o + c] = out[c]; }
+  }
+}
+
+// One warp per vertex (grid-stride over vertices, resident blocks only); BT frames per pass (betas,
+// pose features, transforms of those frames in smem). The first vertex of every warp is blended
+// before the block waits for the joints kernel (PDL) and loads rot / A.
+template <int BT, bool VEC4>
+__global__ void __launch_bounds__(256, BT >= 8 ? 2 : BT >= 4 ? 3 : BT >= 2 ? 4 : 5) vertices_fwd_kernel(
     const float* __restrict__ betas, const float* __restrict__ rot, const float* __restrict__ A,
     const float* __restrict__ vt, const float* __restrict__ sd, const float* __restrict__ pd,
     const float* __restrict__ W, int B, int V, int J, int S, float* __restrict__ verts, float* __restrict__ v_posed) {
   extern __shared__ float smem[];
+  pdl_trigger();  // the Gaussian kernel's prologue does not read our outputs
   const int P = (J - 1) * 9;
   float* s_b = smem;             // [BT,S]
   float* s_pf = s_b + BT * S;    // [BT,P]
   float* s_A = s_pf + BT * P;    // [BT,J,16]
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  const int stride = gridDim.x * nw;
   for (int b0 = 0; b0 < B; b0 += BT) {
     const int nb = min(BT, B - b0);
     // 8 independent loads in flight per thread (one latency per 8 elements instead of one each)
@@ -79,73 +189,21 @@ __global__ void __launch_bounds__(256) vertices_fwd_kernel(
       const int bt = e / S;
       return bt < nb ? betas[(int64_t)(b0 + bt) * S + e % S] : 0.f;
     });
+    __syncthreads();
+    int v = blockIdx.x * nw + warp;
+    float acc[BT][3];
+    if (v < V) blend_shape<BT, VEC4>(sd, s_b, v, S, lane, acc);
+    pdl_wait();  // rot and A are the joints kernel's outputs
     fill_smem(s_pf, BT * P, [&](int e) {
       const int bt = e / P, p = e % P, k = p % 9;
       return bt < nb ? rot[(int64_t)(b0 + bt) * J * 9 + 9 + p] - ((k == 0 || k == 4 || k == 8) ? 1.f : 0.f) : 0.f;
     });
     fill_smem(s_A, BT * J * 16, [&](int e) { return e / (J * 16) < nb ? A[(int64_t)b0 * J * 16 + e] : 0.f; });
     __syncthreads();
-    for (int v = blockIdx.x * nw + warp; v < V; v += gridDim.x * nw) {
-      float acc[BT][3];
-#pragma unroll
-      for (int bt = 0; bt < BT; ++bt) acc[bt][0] = acc[bt][1] = acc[bt][2] = 0.f;
-      // the three rows of this vertex are loaded together so each betas value read from smem
-      // serves 3 FMAs; VEC4: float4 loads of shapedirs and betas (S % 4 == 0, 16 B aligned)
-      const float* row = sd + (int64_t)v * 3 * S;
-      if (VEC4) {
-        const int S4 = S >> 2;
-        const float4* r0 = reinterpret_cast<const float4*>(row);
-        const float4* r1 = reinterpret_cast<const float4*>(row + S);
-        const float4* r2 = reinterpret_cast<const float4*>(row + 2 * S);
-        const float4* sb4 = reinterpret_cast<const float4*>(s_b);
-#pragma unroll 2
-        for (int s4 = lane; s4 < S4; s4 += kWarp) {
-          const float4 x0 = __ldg(r0 + s4), x1 = __ldg(r1 + s4), x2 = __ldg(r2 + s4);
-#pragma unroll
-          for (int bt = 0; bt < BT; ++bt) {
-            const float4 bb = sb4[bt * S4 + s4];
-            acc[bt][0] += x0.x * bb.x + x0.y * bb.y + x0.z * bb.z + x0.w * bb.w;
-            acc[bt][1] += x1.x * bb.x + x1.y * bb.y + x1.z * bb.z + x1.w * bb.w;
-            acc[bt][2] += x2.x * bb.x + x2.y * bb.y + x2.z * bb.z + x2.w * bb.w;
-          }
-        }
-      } else {
-#pragma unroll 4
-        for (int s = lane; s < S; s += kWarp) {
-          const float x0 = __ldg(row + s), x1 = __ldg(row + S + s), x2 = __ldg(row + 2 * S + s);
-#pragma unroll
-          for (int bt = 0; bt < BT; ++bt) {
-            const float bb = s_b[bt * S + s];
-            acc[bt][0] += x0 * bb; acc[bt][1] += x1 * bb; acc[bt][2] += x2 * bb;
-          }
-        }
-      }
-      for (int p = lane; p < P; p += kWarp) {
-        const float* col = pd + (int64_t)p * V * 3 + (int64_t)v * 3;
-        float x0 = __ldg(col), x1 = __ldg(col + 1), x2 = __ldg(col + 2);
-#pragma unroll
-        for (int bt = 0; bt < BT; ++bt) {
-          float f = s_pf[bt * P + p];
-          acc[bt][0] += x0 * f; acc[bt][1] += x1 * f; acc[bt][2] += x2 * f;
-        }
-      }
-      float mine[3] = {0.f, 0.f, 0.f};
-#pragma unroll
-      for (int bt = 0; bt < BT; ++bt) {
-#pragma unroll
-        for (int c = 0; c < 3; ++c) {
-          float t = warp_sum(acc[bt][c]);
-          if (lane == bt) mine[c] = t;
-        }
-      }
-      if (lane < nb) {
-        const int64_t o = ((int64_t)(b0 + lane) * V + v) * 3;
-        float p[3], M[12], out[3];
-        for (int c = 0; c < 3; ++c) p[c] = vt[(int64_t)v * 3 + c] + mine[c];
-        blend_transform(J, W + (int64_t)v * J, s_A + lane * J * 16, M);
-        apply_transform(M, p, out);
-        for (int c = 0; c < 3; ++c) { v_posed[o + c] = p[c]; verts[o + c] = out[c]; }
-      }
+    if (v < V) finish_vertex<BT>(acc, s_pf, s_A, vt, pd, W, v, b0, nb, V, J, lane, verts, v_posed);
+    for (v += stride; v < V; v += stride) {
+      blend_shape<BT, VEC4>(sd, s_b, v, S, lane, acc);
+      finish_vertex<BT>(acc, s_pf, s_A, vt, pd, W, v, b0, nb, V, J, lane, verts, v_posed);
     }
     __syncthreads();
   }
@@ -154,7 +212,7 @@ __global__ void __launch_bounds__(256) vertices_fwd_kernel(
 template <int BT>
 cudaError_t launch_vertices_bt(const float* betas, const float* rot, const float* A, const float* vt, const float* sd,
                                const float* pd, const float* W, int B, int V, int J, int S, float* verts,
-                               float* v_posed, cudaStream_t stream) {
+                               float* v_posed, bool pdl, cudaStream_t stream) {
   size_t smem = sizeof(float) * (size_t)BT * (S + (J - 1) * 9 + J * 16);
   const bool vec4 = S % 4 == 0 && reinterpret_cast<uintptr_t>(sd) % 16 == 0;
   auto kernel = vec4 ? vertices_fwd_kernel<BT, true> : vertices_fwd_kernel<BT, false>;
@@ -170,8 +228,8 @@ cudaError_t launch_vertices_bt(const float* betas, const float* rot, const float
   FFA_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, threads, smem));
   const int resident = sms * (occ > 0 ? occ : 1);
   if (blocks > resident) blocks = resident;
-  kernel<<<blocks, threads, smem, stream>>>(betas, rot, A, vt, sd, pd, W, B, V, J, S, verts, v_posed);
-  return cudaGetLastError();
+  return launch_pdl(pdl, kernel, dim3(blocks), dim3(threads), smem, stream, betas, rot, A, vt, sd, pd, W, B, V, J, S, verts,
+                    v_posed);
 }
 
 // One thread per (Gaussian, group of kGaussFrames frames); grid (ceil(N/256), ceil(B/kGaussFrames)).
@@ -189,14 +247,16 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
                                      float* __restrict__ means, float* __restrict__ qout) {
   __shared__ float s_A[kGaussFrames * JT * 16];  // [nb,J,16] A of this block's frames
   const int b0 = blockIdx.y * kGaussFrames, nb = min(kGaussFrames, B - b0);
-  fill_smem(s_A, nb * J * 16, [&](int e) { return A[(int64_t)b0 * J * 16 + e]; });
-  __syncthreads();
   const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (n >= N) return;
+  const bool valid = n < N;
+  // Prologue (inputs only; overlaps the vertex kernel under PDL): anchors, joint weights, quat.
   I id[KT];
   float w[KT], wg[JT], qc[4];
 #pragma unroll
-  for (int k = 0; k < KT; ++k) { id[k] = idx[n * KT + k]; w[k] = aw[n * KT + k]; }
+  for (int k = 0; k < KT; ++k) {
+    id[k] = valid ? idx[n * KT + k] : I(0);
+    w[k] = valid ? aw[n * KT + k] : 0.f;
+  }
 #pragma unroll
   for (int j = 0; j < JT; ++j) wg[j] = 0.f;
 #pragma unroll
@@ -204,9 +264,13 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
     const float* Wk = W + (int64_t)id[k] * J;
 #pragma unroll
     for (int j = 0; j < JT; ++j)
-      if (j < J) wg[j] += w[k] * __ldg(Wk + j);
+      if (j < J && valid) wg[j] += w[k] * __ldg(Wk + j);
   }
-  canonical_quat(quats ? quats + n * 4 : nullptr, qc);
+  canonical_quat(valid && quats ? quats + n * 4 : nullptr, qc);
+  pdl_wait();  // v_posed (vertex kernel) and A (joints kernel, finished before it)
+  fill_smem(s_A, nb * J * 16, [&](int e) { return A[(int64_t)b0 * J * 16 + e]; });
+  __syncthreads();
+  if (!valid) return;
   for (int bt = 0; bt < nb; ++bt) {
     const int64_t b = b0 + bt, i = b * N + n;
     float M[12], p[3], m[3], q[4];
@@ -234,17 +298,18 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
 template <typename I, int KT>
 cudaError_t launch_gaussians_k(const float* v_posed, const float* A, const float* W, const I* idx, const float* aw,
                                const float* offsets, bool offsets_batched, const float* quats, bool means_only,
-                               int B, int V, int J, int N, float* means, float* qout, cudaStream_t stream) {
+                               int B, int V, int J, int N, float* means, float* qout, bool pdl, cudaStream_t stream) {
   const int threads = 256;
+  cudaError_t err;
   dim3 grid((N + threads - 1) / threads, (B + kGaussFrames - 1) / kGaussFrames);
 #define FFA_LBS_GFWD(JT)                                                                                       \
-  gaussians_fwd_kernel<I, KT, JT><<<grid, threads, 0, stream>>>(v_posed, A, W, idx, aw, offsets, offsets_batched, \
-                                                                quats, means_only, B, V, J, N, means, qout)
+  err = launch_pdl(pdl, gaussians_fwd_kernel<I, KT, JT>, grid, dim3(threads), 0, stream, v_posed, A, W, idx, aw, offsets, \
+                   offsets_batched, quats, means_only, B, V, J, N, means, qout)
   if (J <= 8) FFA_LBS_GFWD(8);
   else if (J <= 32) FFA_LBS_GFWD(32);
   else FFA_LBS_GFWD(kMaxJoints);
 #undef FFA_LBS_GFWD
-  return cudaGetLastError();
+  return err;
 }
 
 }  // namespace
@@ -253,16 +318,18 @@ cudaError_t launch_joints_fwd(const float* betas, const float* pose, bool pose_i
                               const float* J_dirs, const Parents& par, int B, int J, int S, float* rot,
                               float* joints, float* A, cudaStream_t stream) {
   if (B == 0) return cudaSuccess;
-  joints_fwd_kernel<<<B, 128, 0, stream>>>(betas, pose, pose_is_matrix, J_template, J_dirs, par, J, S, rot, joints, A);
+  // one warp per rest-joint coordinate (J*3 dot products over S), up to 512 threads
+  const int threads = J * 3 * kWarp < 128 ? 128 : (J * 3 * kWarp > 512 ? 512 : J * 3 * kWarp);
+  joints_fwd_kernel<<<B, threads, 0, stream>>>(betas, pose, pose_is_matrix, J_template, J_dirs, par, J, S, rot, joints, A);
   return cudaGetLastError();
 }
 
 cudaError_t launch_vertices_fwd(const float* betas, const float* rot, const float* A, const float* v_template,
                                 const float* shapedirs, const float* posedirs, const float* W, int B, int V,
-                                int J, int S, float* verts, float* v_posed, cudaStream_t stream) {
+                                int J, int S, float* verts, float* v_posed, bool pdl, cudaStream_t stream) {
   if (B == 0 || V == 0) return cudaSuccess;
 #define FFA_LBS_VERT(BT) \
-  launch_vertices_bt<BT>(betas, rot, A, v_template, shapedirs, posedirs, W, B, V, J, S, verts, v_posed, stream)
+  launch_vertices_bt<BT>(betas, rot, A, v_template, shapedirs, posedirs, W, B, V, J, S, verts, v_posed, pdl, stream)
   if (B <= 1) return FFA_LBS_VERT(1);
   if (B <= 2) return FFA_LBS_VERT(2);
   if (B <= 4) return FFA_LBS_VERT(4);
@@ -274,11 +341,13 @@ cudaError_t launch_vertices_fwd(const float* betas, const float* rot, const floa
 template <typename I>
 cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const float* W, const I* idx, const float* aw,
                                  const float* offsets, bool offsets_batched, const float* quats, bool means_only,
-                                 int B, int V, int J, int N, int K, float* means, float* qout, cudaStream_t stream) {
+                                 int B, int V, int J, int N, int K, float* means, float* qout, bool pdl,
+                                 cudaStream_t stream) {
   if (B == 0 || N == 0) return cudaSuccess;
   if (J > kMaxJoints) return cudaErrorInvalidValue;
 #define FFA_LBS_GK(KT) \
-  launch_gaussians_k<I, KT>(v_posed, A, W, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, N, means, qout, stream)
+  launch_gaussians_k<I, KT>(v_posed, A, W, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, N, means, qout, \
+                            pdl, stream)
   switch (K) {
     case 1: return FFA_LBS_GK(1);
     case 2: return FFA_LBS_GK(2);
@@ -291,10 +360,10 @@ cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const flo
 
 template cudaError_t launch_gaussians_fwd<int32_t>(const float*, const float*, const float*, const int32_t*,
                                                    const float*, const float*, bool, const float*, bool, int, int,
-                                                   int, int, int, float*, float*, cudaStream_t);
+                                                   int, int, int, float*, float*, bool, cudaStream_t);
 template cudaError_t launch_gaussians_fwd<int64_t>(const float*, const float*, const float*, const int64_t*,
                                                    const float*, const float*, bool, const float*, bool, int, int,
-                                                   int, int, int, float*, float*, cudaStream_t);
+                                                   int, int, int, float*, float*, bool, cudaStream_t);
 
 }  // namespace lbs
 }  // namespace ffa

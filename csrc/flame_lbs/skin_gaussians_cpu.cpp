@@ -13,7 +13,8 @@ namespace lbs {
 std::tuple<at::Tensor, at::Tensor> skin_gaussians_cpu(const at::Tensor& v_posed, const at::Tensor& A,
                                                       const at::Tensor& W, const at::Tensor& idx,
                                                       const at::Tensor& aw, const c10::optional<at::Tensor>& offsets,
-                                                      const c10::optional<at::Tensor>& quats, bool means_only) {
+                                                      const c10::optional<at::Tensor>& quats, bool means_only,
+                                                      bool /*pdl*/) {
   auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats);
   int64_t B = z.B, N = z.N, J = z.J, K = z.K, V = z.V;
   auto means = at::empty({B, N, 3}, v_posed.options());
