@@ -26,8 +26,10 @@ def main(which):
     w = torch.rand(N, 4, device=dev); w = w / w.sum(1, keepdim=True)
     off = (0.01 * torch.randn(N, 3, device=dev)).requires_grad_()
     q = torch.randn(N, 4, device=dev).requires_grad_()
-    m, qq = fk.skin_gaussians(*a.values(), idx, w, off, q)
-    (m.square().sum() + qq.sum()).backward()
+    for B in (2, 6):  # B > 4: the Gaussian backward's several frame groups (accumulated outputs)
+        a = lbs_inputs(dev, B=B)
+        m, qq = fk.skin_gaussians(*a.values(), idx, w, off, q)
+        (m.square().sum() + qq.sum()).backward()
 
     means = (torch.randn(N, 3, device=dev) * 0.3 + torch.tensor([0, 0, 3.0], device=dev)).requires_grad_()
     quats = torch.randn(N, 4, device=dev).requires_grad_()
