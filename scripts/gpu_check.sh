@@ -58,8 +58,9 @@ fi
 
 if [[ $STAGES == *profile* ]]; then
   stamp "profile (per-kernel device time)"
-  { "$PY" scripts/profile_lbs.py; "$PY" scripts/profile_rasterize.py 1; "$PY" scripts/profile_rasterize.py 8; } \
-    > "$OUT/profile.log" 2>&1 || status=1
+  { [[ ${PROFILE:-lbs,raster} == *lbs* ]] && "$PY" scripts/profile_lbs.py
+    [[ ${PROFILE:-lbs,raster} == *raster* ]] && { "$PY" scripts/profile_rasterize.py 1; "$PY" scripts/profile_rasterize.py 8; }
+    true; } > "$OUT/profile.log" 2>&1 || status=1
   grep -E "^====|wall per call" "$OUT/profile.log"
 fi
 

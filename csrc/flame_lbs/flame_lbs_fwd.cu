@@ -82,7 +82,7 @@ __device__ __forceinline__ void blend_shape(const float* __restrict__ sd, const 
     const float4* r1 = reinterpret_cast<const float4*>(row + S);
     const float4* r2 = reinterpret_cast<const float4*>(row + 2 * S);
     const float4* sb4 = reinterpret_cast<const float4*>(s_b);
-#pragma unroll 2
+#pragma unroll(BT >= 16 ? 1 : 2)
     for (int s4 = lane; s4 < S4; s4 += kWarp) {
       const float4 x0 = __ldg(r0 + s4), x1 = __ldg(r1 + s4), x2 = __ldg(r2 + s4);
 #pragma unroll
@@ -167,10 +167,10 @@ __device__ __forceinline__ void finish_vertex(float (&acc)[BT][3], const float* 
 }
 
 // One warp per vertex (grid-stride over vertices, resident blocks only); BT frames per pass (betas,
-// pose features, transforms of those frames in smem). The first vertex of every warp is blended
-// before the block waits for the joints kernel (PDL) and loads rot / A.
+// pose features, transforms of those frames in smem). For BT <= 4 the first vertex of every warp
+// is blended before the block waits for the joints kernel (PDL) and loads rot / A.
 template <int BT, bool VEC4>
-__global__ void __launch_bounds__(256, BT >= 8 ? 2 : BT >= 4 ? 3 : BT >= 2 ? 4 : 5) vertices_fwd_kernel(
+__global__ void __launch_bounds__(256, BT >= 4 ? 2 : BT >= 2 ? 4 : 5) vertices_fwd_kernel(
     const float* __restrict__ betas, const float* __restrict__ rot, const float* __restrict__ A,
     const float* __restrict__ vt, const float* __restrict__ sd, const float* __restrict__ pd,
     const float* __restrict__ W, int B, int V, int J, int S, float* __restrict__ verts, float* __restrict__ v_posed) {
@@ -189,10 +189,15 @@ __global__ void __launch_bounds__(256, BT >= 8 ? 2 : BT >= 4 ? 3 : BT >= 2 ? 4 :
       const int bt = e / S;
       return bt < nb ? betas[(int64_t)(b0 + bt) * S + e % S] : 0.f;
     });
-    __syncthreads();
+    // kPeel: the first vertex is blended before the wait (its 3*BT partial sums stay in registers
+    // across the smem fills: worth it for small BT; at BT >= 8 it costs registers / spills)
+    constexpr bool kPeel = BT <= 4;
     int v = blockIdx.x * nw + warp;
     float acc[BT][3];
-    if (v < V) blend_shape<BT, VEC4>(sd, s_b, v, S, lane, acc);
+    if (kPeel) {
+      __syncthreads();
+      if (v < V) blend_shape<BT, VEC4>(sd, s_b, v, S, lane, acc);
+    }
     pdl_wait();  // rot and A are the joints kernel's outputs
     fill_smem(s_pf, BT * P, [&](int e) {
       const int bt = e / P, p = e % P, k = p % 9;
@@ -200,8 +205,11 @@ __global__ void __launch_bounds__(256, BT >= 8 ? 2 : BT >= 4 ? 3 : BT >= 2 ? 4 :
     });
     fill_smem(s_A, BT * J * 16, [&](int e) { return e / (J * 16) < nb ? A[(int64_t)b0 * J * 16 + e] : 0.f; });
     __syncthreads();
-    if (v < V) finish_vertex<BT>(acc, s_pf, s_A, vt, pd, W, v, b0, nb, V, J, lane, verts, v_posed);
-    for (v += stride; v < V; v += stride) {
+    if (kPeel) {
+      if (v < V) finish_vertex<BT>(acc, s_pf, s_A, vt, pd, W, v, b0, nb, V, J, lane, verts, v_posed);
+      v += stride;
+    }
+    for (; v < V; v += stride) {
       blend_shape<BT, VEC4>(sd, s_b, v, S, lane, acc);
       finish_vertex<BT>(acc, s_pf, s_A, vt, pd, W, v, b0, nb, V, J, lane, verts, v_posed);
     }
