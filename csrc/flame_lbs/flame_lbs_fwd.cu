@@ -7,37 +7,11 @@
 // kernel gathers its anchors' joint weights while the vertex kernel finishes.
 #include "common/pdl.cuh"
 #include "flame_lbs/flame_lbs.h"
+#include "flame_lbs/lbs_device.cuh"
 
 namespace ffa {
 namespace lbs {
 namespace {
-
-constexpr int kWarp = 32;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// dst[e] = get(e) for e < n over the block, kFill loads issued before their stores.
-constexpr int kFill = 8;
-template <typename F>
-__device__ __forceinline__ void fill_smem(float* dst, int n, F get) {
-  for (int e0 = threadIdx.x; e0 < n; e0 += kFill * blockDim.x) {
-    float v[kFill];
-#pragma unroll
-    for (int u = 0; u < kFill; ++u) {
-      const int e = e0 + u * blockDim.x;
-      v[u] = e < n ? get(e) : 0.f;
-    }
-#pragma unroll
-    for (int u = 0; u < kFill; ++u) {
-      const int e = e0 + u * blockDim.x;
-      if (e < n) dst[e] = v[u];
-    }
-  }
-}
 
 __global__ void joints_fwd_kernel(const float* __restrict__ betas, const float* __restrict__ pose, bool is_matrix,
                                   const float* __restrict__ Jt, const float* __restrict__ Jd, Parents par, int J,

@@ -13,12 +13,12 @@
 // thread's frames in registers and are written directly when one frame group covers B, else added
 // (zero-initialized outputs, see gaussians_bwd_accumulates).
 #include "flame_lbs/flame_lbs.h"
+#include "flame_lbs/lbs_device.cuh"
 
 namespace ffa {
 namespace lbs {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarp;
 constexpr int kGMStride = 13;  // staged gM row (12 + 1 pad)
