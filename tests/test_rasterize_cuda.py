@@ -6,8 +6,15 @@ import torch
 from ffavatar_kernels import _ext
 from ffavatar_kernels.rasterize import rasterize
 from ffavatar_kernels.reference.rasterize import rasterize as rasterize_ref
-from test_rasterize_helpers import cast, make_scene, rel, run_with_grads
+from test_rasterize_helpers import cast, rel, run_with_grads
+from test_rasterize_helpers import make_scene as _make_scene
 
+
+def make_scene(*args, **kw):
+    """Scenes for float32-CUDA vs float64-reference comparisons: well conditioned by default (no
+    alpha or transmittance within 1e-5 of a blending threshold, where the two may decide differently)."""
+    kw.setdefault("well_conditioned", True)
+    return _make_scene(*args, **kw)
 
 
 def _has_cuda_rasterize() -> bool:
@@ -77,10 +84,14 @@ def test_cuda_sizes_and_tiles(tile_size, W, H):
 def test_cuda_warp_culling_needles(tile_size):
     # thin, rotated, partly opaque splats: the per-warp rectangle test (8x4 pixel blocks when
     # tile_size % 8 == 0, row-major otherwise) must never drop a splat any pixel of the warp uses
-    s = make_scene(N=400, C=2, W=75, H=53, D=3, spread=0.5, scale=(0.002, 0.3))
-    s["scales"][..., 0] *= 0.05
-    s["opacities"] = s["opacities"] * 0.5 + 0.45
-    _check_vs_ref(s, _bg(s, "RGB"), tile_size=tile_size)
+    def needles(s):
+        s["scales"][..., 0] *= 0.05
+        s["opacities"] = s["opacities"] * 0.5 + 0.45
+
+    s = make_scene(N=400, C=2, W=75, H=53, D=3, spread=0.5, scale=(0.002, 0.3), tweak=needles)
+    # needles have conics of ~1e6: float32 sigma loses ~1e-5 relative to cancellation (seen: 2.1e-5
+    # on the images, old and new kernels alike), so 1e-4 here; a wrongly culled splat costs >= 1/255
+    _check_vs_ref(s, _bg(s, "RGB"), ftol=1e-4, gtol=1e-3, tile_size=tile_size)
     f = cast(s, torch.float32, None)
     ci, ca, cm = rasterize(**f, tile_size=tile_size)
     gi, ga, gm = rasterize(**cast(f, None, "cuda"), tile_size=tile_size)
@@ -89,7 +100,8 @@ def test_cuda_warp_culling_needles(tile_size):
 
 def test_cuda_dense_saturated_scene():
     # many overlapping opaque splats: long per-tile lists (several shared-memory batches), early stop
-    s = make_scene(N=2000, C=2, W=64, H=64, D=3, spread=0.25, scale=(0.05, 0.2))
+    # (thousands of splats per pixel: some pair is always near a threshold, so no conditioning filter)
+    s = make_scene(N=2000, C=2, W=64, H=64, D=3, spread=0.25, scale=(0.05, 0.2), well_conditioned=False)
     s["opacities"] = s["opacities"] * 0.1 + 0.88
     _check_vs_ref(s, _bg(s, "RGB"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 
-def make_scene(*args, well_conditioned=False, **kw):
+def make_scene(*args, well_conditioned=False, tweak=None, **kw):
     """A random scene (see _draw_scene); with well_conditioned, one whose blending decisions are
     well conditioned (for float32-vs-float64 comparisons at tight tolerances).
 
@@ -12,9 +12,12 @@ def make_scene(*args, well_conditioned=False, **kw):
     within 1e-5 (relative) of the 1e-4 stop, the image is discontinuous in the inputs, and float32 and float64
     may legitimately decide differently (seen once in CI: one pixel off by 2.4e-3). Such draws are
     rejected and drawn again (fresh randomness), so comparisons at 1e-5 test arithmetic, not luck.
+    ``tweak(scene)`` edits a draw in place before that check (e.g. needle-thin scales).
     """
     for _ in range(8):
         scene = _draw_scene(*args, **kw)
+        if tweak is not None:
+            tweak(scene)
         if not well_conditioned or not _near_threshold(scene):
             return scene
     raise AssertionError("make_scene: 8 random draws in a row were near a blending threshold")

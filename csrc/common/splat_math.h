@@ -289,27 +289,46 @@ HOST_DEVICE int for_each_tile(const Projected<T>& g, int tile_size, int tiles_x,
   return n;
 }
 
-// Cheap pre-test used before splat_alpha in the blending loops: sigma of the splat at (px, py) is
-// beyond sigma_cutoff(opacity), so alpha < 1/255 for sure (the exact test still decides otherwise).
+// gsplat's sigma (the quadratic form, halved) of the splat at pixel centre (px, py), and the offset
+// (dx, dy) = mean2d - pixel. The one expression both tests below evaluate: a kernel that computes it
+// once per (pixel, splat) and then calls sigma_far and sigma_alpha decides exactly as splat_far and
+// splat_alpha do.
 template <typename T>
-HOST_DEVICE bool splat_far(T mx, T my, T ca, T cb, T cc, T cut, T px, T py) {
-  T dx = mx - px, dy = my - py;
-  return T(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy > cut;
-}
-
-// Alpha of one splat at pixel centre (px, py). Returns false when gsplat skips it (sigma < 0 or
-// alpha < 1/255). vis = exp(-sigma) and the offset (dx, dy) = mean2d - pixel are returned for the
-// backward.
-template <typename T>
-HOST_DEVICE bool splat_alpha(T mx, T my, T ca, T cb, T cc, T opacity, T px, T py, T& alpha, T& vis, T& dx,
-                             T& dy) {
+HOST_DEVICE T splat_sigma(T mx, T my, T ca, T cb, T cc, T px, T py, T& dx, T& dy) {
   dx = mx - px;
   dy = my - py;
-  T sigma = T(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+  return T(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+}
+
+// Cheap pre-test used before the exact alpha test: sigma is beyond cut = sigma_cutoff(opacity), so
+// alpha < 1/255 for sure (the exact test still decides otherwise).
+template <typename T>
+HOST_DEVICE bool sigma_far(T sigma, T cut) { return sigma > cut; }
+
+// gsplat's exact test from sigma: false when gsplat skips the splat (sigma < 0 or alpha < 1/255);
+// otherwise vis = exp(-sigma) and alpha = min(0.999, opacity vis).
+template <typename T>
+HOST_DEVICE bool sigma_alpha(T sigma, T opacity, T& alpha, T& vis) {
   if (sigma < T(0)) return false;
   vis = s_exp(-sigma);
   alpha = s_min(T(kMaxAlpha), opacity * vis);
   return alpha >= T(kAlphaThreshold);
+}
+
+// splat_sigma + sigma_far, for loops that test at most once per (pixel, splat).
+template <typename T>
+HOST_DEVICE bool splat_far(T mx, T my, T ca, T cb, T cc, T cut, T px, T py) {
+  T dx, dy;
+  return sigma_far(splat_sigma(mx, my, ca, cb, cc, px, py, dx, dy), cut);
+}
+
+// Alpha of one splat at pixel centre (px, py): splat_sigma + sigma_alpha. Returns false when gsplat
+// skips it (sigma < 0 or alpha < 1/255). vis = exp(-sigma) and the offset (dx, dy) = mean2d - pixel
+// are returned for the backward.
+template <typename T>
+HOST_DEVICE bool splat_alpha(T mx, T my, T ca, T cb, T cc, T opacity, T px, T py, T& alpha, T& vis, T& dx,
+                             T& dy) {
+  return sigma_alpha(splat_sigma(mx, my, ca, cb, cc, px, py, dx, dy), opacity, alpha, vis);
 }
 
 }  // namespace splat

@@ -1,8 +1,10 @@
 // CUDA backward blending: one block per (image, tile), splats visited back to front in shared-memory
 // batches (only up to the block's largest last_id); each thread recovers its transmittance by
-// division (as gsplat), the per-splat gradients of the 32 pixels of a warp are summed with shuffles,
-// and one lane per warp adds them to the per-(image, Gaussian) buffers with atomics. Channels are
-// handled CH at a time (all gradients are linear in the channel terms, so chunks simply add up).
+// division (as gsplat), the 6+CH per-splat gradients of the 32 pixels of a warp are summed with one
+// transposed warp reduction (reduce-scatter: each lane ends up with one of the sums), and the lanes
+// that own a sum add it to the per-(image, Gaussian) buffers with atomics, all in one instruction.
+// Channels are handled CH at a time (all gradients are linear in the channel terms, so chunks simply
+// add up).
 // Warp culling as in the forward (rasterize_warp.cuh): per 32 splats of a batch each lane tests one
 // against the warp's pixel rectangle, and only the ballot hits up to the warp's largest last id are
 // evaluated, reduced and added.
@@ -20,6 +22,73 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+constexpr int ceil_pow2(int n) { return n <= 1 ? 1 : 2 * ceil_pow2((n + 1) / 2); }
+constexpr int floor_pow2(int n) { return n <= 1 ? 1 : 2 * floor_pow2(n / 2); }
+constexpr int log2_exact(int n) { return n <= 1 ? 0 : 1 + log2_exact(n / 2); }
+
+// One round of warp_reduce_scatter over the first 2 H values of v, xor offset O.
+template <int H, int O, int N>
+__device__ __forceinline__ void reduce_scatter_round(float (&v)[N], bool upper) {
+#pragma unroll
+  for (int i = 0; i < H; ++i) {
+    const float send = upper ? v[i] : v[i + H];
+    const float keep = upper ? v[i + H] : v[i];
+    v[i] = keep + __shfl_xor_sync(kFullMask, send, O);
+  }
+}
+
+// Transposed warp reduction (reduce-scatter) of N values per lane, N a power of two <= 32. Xor
+// rounds with offsets 16, 8, 4, ...: in the round over n values the lane whose offset bit is set
+// keeps the upper n/2 values and sends the lower n/2, its partner the reverse, and each adds what
+// it receives to what it keeps. After log2(N) rounds a lane holds one value, summed over the lanes
+// that differ from it in the offset bits used so far; the remaining 5 - log2(N) rounds are plain
+// xor butterflies on it. Returns the warp sum of v[lane / (32 / N)] (the 32 / N lanes of a group
+// all hold it). N - 1 + 5 - log2(N) shuffles (9 for N = 8, 16 for N = 16) instead of 5 N. Every
+// lane of the warp must call it; v is clobbered.
+template <int N>
+__device__ __forceinline__ float warp_reduce_scatter(float (&v)[N], int lane) {
+  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "N: a power of two <= 32");
+  // the round that keeps H values uses offset 32 H / N: 16 first, 32 / N last
+  if constexpr (N >= 32) reduce_scatter_round<16, 512 / N, N>(v, (lane & (512 / N)) != 0);
+  if constexpr (N >= 16) reduce_scatter_round<8, 256 / N, N>(v, (lane & (256 / N)) != 0);
+  if constexpr (N >= 8) reduce_scatter_round<4, 128 / N, N>(v, (lane & (128 / N)) != 0);
+  if constexpr (N >= 4) reduce_scatter_round<2, 64 / N, N>(v, (lane & (64 / N)) != 0);
+  if constexpr (N >= 2) reduce_scatter_round<1, 32 / N, N>(v, (lane & (32 / N)) != 0);
+  float s = v[0];
+#pragma unroll
+  for (int o = 16 / N; o > 0; o >>= 1) s += __shfl_xor_sync(kFullMask, s, o);
+  return s;
+}
+
+// Warp sums of the C values vals[B .. B+C), reduce-scattered as one group padded with zeros to
+// N = ceil_pow2(C) values. k = B + lane / (32 / N) is the value whose sum this lane holds; true for
+// the one lane per value that should add it (lane R of its group of 32 / N; padding excluded).
+template <int B, int C, int R, int NV>
+__device__ __forceinline__ bool group_sums(const float (&vals)[NV], int lane, int& k, float& sum) {
+  static_assert(C >= 1 && B + C <= NV, "group inside the values");
+  constexpr int N = ceil_pow2(C), G = 32 / N;
+  static_assert(R < G, "owner lane inside its group");
+  float v[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = i < C ? vals[B + i] : 0.f;
+  sum = warp_reduce_scatter<N>(v, lane);
+  k = B + lane / G;
+  return lane % G == R && lane / G < C;
+}
+
+// How many of NV values go into the first reduce-scatter group: all of them (padded to a power of
+// two), or floor_pow2(NV), the rest making a second group, when that takes fewer shuffles (e.g.
+// 9 = 8 + 1: 9 + 5 shuffles instead of 16, and fewer live registers than 16 padded values). With
+// two groups the first has at most 16 values, so its sums sit in groups of >= 2 lanes and lane 0
+// of each adds it; the second group's sums are added by lane 1 of theirs: one value per lane.
+constexpr int rs_shuffles(int n) { return n - 1 + 5 - log2_exact(n); }
+constexpr int rs_head(int nv) {
+  return nv > floor_pow2(nv) && rs_shuffles(floor_pow2(nv)) + rs_shuffles(ceil_pow2(nv - floor_pow2(nv))) <
+                                     rs_shuffles(ceil_pow2(nv))
+             ? floor_pow2(nv)
+             : nv;
+}
+
 template <int CH>
 __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
                                   const float* __restrict__ opac2d, const float* __restrict__ colors,
@@ -35,7 +104,8 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
   float4* s_xyo = reinterpret_cast<float4*>(s_id + nt);  // x, y, opacity, sigma cutoff
   float3* s_con = reinterpret_cast<float3*>(s_xyo + nt);
   float* s_col = reinterpret_cast<float*>(s_con + nt);  // [nt, CH]
-  __shared__ int s_maxlast;
+  // in the dynamic buffer too (no static shared memory): the launch's opt-in test sees all of it
+  int& s_maxlast = *reinterpret_cast<int*>(s_col + nt * CH);
 
   const int tx = blockIdx.x, ty = blockIdx.y;
   const int64_t m = blockIdx.z;
@@ -105,9 +175,11 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
         float4 xyo = s_xyo[t];
         float3 con = s_con[t];
         float alpha = 0.f, vis = 0.f, dx = 0.f, dy = 0.f;
-        bool valid = inside && kk <= last &&
-                     !splat::splat_far<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.w, px, py) &&
-                     splat::splat_alpha<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.z, px, py, alpha, vis, dx, dy);
+        bool valid = false;
+        if (inside && kk <= last) {  // cutoff pre-test and gsplat's exact test share one sigma
+          const float sigma = splat::splat_sigma<float>(xyo.x, xyo.y, con.x, con.y, con.z, px, py, dx, dy);
+          valid = !splat::sigma_far<float>(sigma, xyo.w) && splat::sigma_alpha<float>(sigma, xyo.z, alpha, vis);
+        }
         if (!__any_sync(0xffffffffu, valid)) continue;
         float g_xy0 = 0.f, g_xy1 = 0.f, g_c0 = 0.f, g_c1 = 0.f, g_c2 = 0.f, g_op = 0.f;
         float g_col[CH];
@@ -136,30 +208,72 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
             g_op = vis * v_alpha;
           }
         }
-        g_xy0 = warp_sum(g_xy0);
-        g_xy1 = warp_sum(g_xy1);
-        g_c0 = warp_sum(g_c0);
-        g_c1 = warp_sum(g_c1);
-        g_c2 = warp_sum(g_c2);
-        g_op = warp_sum(g_op);
+        constexpr int NV = 6 + CH;  // gradient values per splat: mean2d 2, conic 3, opacity 1, colours CH
+        if constexpr (NV <= 32) {
+          float vals[NV];
+          vals[0] = g_xy0;
+          vals[1] = g_xy1;
+          vals[2] = g_c0;
+          vals[3] = g_c1;
+          vals[4] = g_c2;
+          vals[5] = g_op;
 #pragma unroll
-        for (int q = 0; q < CH; ++q) g_col[q] = warp_sum(g_col[q]);
-        if (lane == 0) {
-          const int64_t g = s_id[t];
-          atomicAdd(v_means2d + 2 * g, g_xy0);
-          atomicAdd(v_means2d + 2 * g + 1, g_xy1);
-          atomicAdd(v_conics + 3 * g, g_c0);
-          atomicAdd(v_conics + 3 * g + 1, g_c1);
-          atomicAdd(v_conics + 3 * g + 2, g_c2);
-          atomicAdd(v_opac2d + g, g_op);
-          float* vc = v_colors + (color_base + (g - img_base)) * d.D + chan0;
+          for (int q = 0; q < CH; ++q) vals[6 + q] = g_col[q];
+          // the lane that holds the warp sum of value k adds it (several lanes at once)
+          constexpr int H = rs_head(NV);
+          int k;
+          float sum;
+          bool own = group_sums<0, H, 0>(vals, lane, k, sum);
+          if constexpr (H < NV) {
+            static_assert(H <= 16, "two groups: the first leaves room for owner lane 1");
+            int k2;
+            float sum2;
+            if (group_sums<H, NV - H, 1>(vals, lane, k2, sum2)) {  // never a lane that owns a first-group sum
+              own = true;
+              k = k2;
+              sum = sum2;
+            }
+          }
+          if (own && k < 6 + nch) {
+            const int64_t g = s_id[t];
+            float* const base = k < 2 ? v_means2d : k < 5 ? v_conics : k < 6 ? v_opac2d : v_colors;
+            const int64_t mul = k < 2 ? 2 : k < 5 ? 3 : k < 6 ? 1 : d.D;
+            const int64_t add = k < 2 ? k : k < 5 ? k - 2 : k < 6 ? 0 : (color_base - img_base) * d.D + chan0 + (k - 6);
+            atomicAdd(base + (g * mul + add), sum);
+          }
+        } else {
+          g_xy0 = warp_sum(g_xy0);
+          g_xy1 = warp_sum(g_xy1);
+          g_c0 = warp_sum(g_c0);
+          g_c1 = warp_sum(g_c1);
+          g_c2 = warp_sum(g_c2);
+          g_op = warp_sum(g_op);
 #pragma unroll
-          for (int q = 0; q < CH; ++q)
-            if (q < nch) atomicAdd(vc + q, g_col[q]);
+          for (int q = 0; q < CH; ++q) g_col[q] = warp_sum(g_col[q]);
+          if (lane == 0) {
+            const int64_t g = s_id[t];
+            atomicAdd(v_means2d + 2 * g, g_xy0);
+            atomicAdd(v_means2d + 2 * g + 1, g_xy1);
+            atomicAdd(v_conics + 3 * g, g_c0);
+            atomicAdd(v_conics + 3 * g + 1, g_c1);
+            atomicAdd(v_conics + 3 * g + 2, g_c2);
+            atomicAdd(v_opac2d + g, g_op);
+            float* vc = v_colors + (color_base + (g - img_base)) * d.D + chan0;
+#pragma unroll
+            for (int q = 0; q < CH; ++q)
+              if (q < nch) atomicAdd(vc + q, g_col[q]);
+          }
         }
       }
     }
   }
+}
+
+// Dynamic shared memory of one block (all of its shared memory): per thread one splat's id, geometry
+// and CH colour values, and the block's largest last id.
+template <int CH>
+size_t shmem_bytes(int nt) {
+  return (size_t)nt * (sizeof(int32_t) + sizeof(float4) + sizeof(float3) + CH * sizeof(float)) + sizeof(int);
 }
 
 template <int CH>
@@ -170,7 +284,7 @@ cudaError_t launch_ch(const float* means2d, const float* conics, const float* op
                       float* v_conics, float* v_opac2d, float* v_colors, cudaStream_t stream) {
   int nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
   dim3 grid(d.tiles_x, d.tiles_y, (unsigned)(d.B * d.C));
-  size_t shmem = (size_t)nt * (sizeof(int32_t) + sizeof(float4) + sizeof(float3) + CH * sizeof(float));
+  const size_t shmem = shmem_bytes<CH>(nt);
   if (shmem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(render_bwd_kernel<CH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)shmem);
@@ -184,13 +298,18 @@ cudaError_t launch_ch(const float* means2d, const float* conics, const float* op
 }
 
 
-// Largest channel chunk whose kernel can run with nt threads per block (register budget: e.g.
-// 32x32 tiles have 1024 threads, which the 32-channel instantiations do not fit).
+// Largest channel chunk whose kernel can run with nt threads per block: register budget (e.g.
+// 32x32 tiles have 1024 threads, which the 32-channel instantiations do not fit) and shared memory
+// (against the device's opt-in limit).
 template <int CH>
 bool fits(int nt) {
   cudaFuncAttributes a;
   if (cudaFuncGetAttributes(&a, render_bwd_kernel<CH>) != cudaSuccess) return false;
-  return a.maxThreadsPerBlock >= nt;
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return false;
+  return a.maxThreadsPerBlock >= nt && a.sharedSizeBytes + shmem_bytes<CH>(nt) <= (size_t)optin;
 }
 
 inline int max_chunk(int nt) {

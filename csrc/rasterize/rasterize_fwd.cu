@@ -3,7 +3,11 @@
 // every pixel is saturated. Each warp covers a compact pixel block and, per 32 splats of a batch,
 // tests one splat per lane against its pixel rectangle (rasterize_warp.cuh), then blends only the
 // hits (ballot bits, in depth order). Channels are processed CH at a time in registers (several launches when
-// D > 32: each recomputes alpha, outputs are identical). Torch-free.
+// D > 32: each recomputes alpha, outputs are identical); a batch's CH colour values per splat are staged
+// in shared memory with its geometry. The loop over a warp's kept splats is software-pipelined by one
+// (the alpha of the next kept splat, which does not depend on the transmittance, is evaluated before
+// the current one is composited), so the latency of one splat's shared loads, quadratic form and exp
+// overlaps the previous splat's compositing. Torch-free.
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
 #include "rasterize/rasterize_warp.cuh"
@@ -11,6 +15,21 @@
 namespace ffa {
 namespace rasterize {
 namespace {
+
+// gsplat's per-pixel decision for one splat at pixel centre (px, py): the cheap cutoff pre-test and
+// the exact test share one evaluation of sigma (splat_sigma), exactly the floats splat_far and
+// splat_alpha compute. true: blend with alpha; false: skip (alpha is then unused). Both tests are
+// always evaluated (no short circuit: the exp of a far splat is computed and ignored), so the code
+// has no branch and the next splat's evaluation can be interleaved with the current compositing.
+__device__ __forceinline__ bool pixel_alpha(const float4& xyo, const float3& con, float px, float py,
+                                            float& alpha) {
+  float dx, dy, vis;
+  alpha = 0.f;
+  const float sigma = splat::splat_sigma<float>(xyo.x, xyo.y, con.x, con.y, con.z, px, py, dx, dy);
+  const bool near = !splat::sigma_far<float>(sigma, xyo.w);
+  const bool kept = splat::sigma_alpha<float>(sigma, xyo.z, alpha, vis);
+  return near & kept;
+}
 
 template <int CH>
 __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
@@ -21,9 +40,9 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
                                   int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
-  int32_t* s_id = reinterpret_cast<int32_t*>(smem);
-  float4* s_xyo = reinterpret_cast<float4*>(s_id + nt);  // x, y, opacity, sigma cutoff
+  float4* s_xyo = reinterpret_cast<float4*>(smem);  // x, y, opacity, sigma cutoff
   float3* s_con = reinterpret_cast<float3*>(s_xyo + nt);
+  float* s_col = reinterpret_cast<float*>(s_con + nt);  // [nt, CH], zero past nch
 
   const int tx = blockIdx.x, ty = blockIdx.y;
   const int64_t m = blockIdx.z;
@@ -54,11 +73,13 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
     int32_t k = bs + tid;
     if (k < end) {
       int32_t g = flatten_ids[k];
-      s_id[tid] = g;
       float2 mm = means2d[g];
       const float op = opac2d[g];
       s_xyo[tid] = make_float4(mm.x, mm.y, op, splat::sigma_cutoff<float>(op));
       s_con[tid] = make_float3(conics[3 * (int64_t)g], conics[3 * (int64_t)g + 1], conics[3 * (int64_t)g + 2]);
+      const float* c = colors + (color_base + (g - img_base)) * d.D + chan0;
+#pragma unroll
+      for (int q = 0; q < CH; ++q) s_col[tid * CH + q] = q < nch ? __ldg(c + q) : 0.f;
     }
     __syncthreads();
     const int cnt = min(nt, end - bs);
@@ -67,27 +88,40 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
       const int tl = c0 + lane;
       const bool hit = tl < cnt && warp_may_hit(s_xyo[tl], s_con[tl], rect);
       unsigned mask = __ballot_sync(kFullMask, hit);
-      while (mask != 0u && !done) {  // set bits in order: front to back
-        const int t = c0 + __ffs(mask) - 1;
+      if (mask != 0u && !done) {
+        // Set bits in order (front to back). t / alpha / use: the kept splat being composited and
+        // this pixel's decision for it; the next kept splat's decision is made first (it only reads
+        // shared memory), then the current one is blended as in the plain loop.
+        int t = c0 + __ffs(mask) - 1;
         mask &= mask - 1u;
-        float4 xyo = s_xyo[t];
-        float3 con = s_con[t];
-        if (splat::splat_far<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.w, px, py)) continue;
-        float alpha, vis, dx, dy;
-        if (!splat::splat_alpha<float>(xyo.x, xyo.y, con.x, con.y, con.z, xyo.z, px, py, alpha, vis, dx, dy))
-          continue;
-        float next_T = T * (1.f - alpha);
-        if (next_T <= splat::kTransmittanceEps) {
-          done = true;
-          break;
-        }
-        float w = alpha * T;
-        const float* c = colors + (color_base + (s_id[t] - img_base)) * d.D + chan0;
+        float alpha;
+        bool use = pixel_alpha(s_xyo[t], s_con[t], px, py, alpha);
+        for (;;) {
+          const bool more = mask != 0u;
+          const int tn = more ? c0 + __ffs(mask) - 1 : t;  // t: a valid index, result unused
+          mask &= mask - 1u;
+          float alpha_n;
+          const bool use_n = pixel_alpha(s_xyo[tn], s_con[tn], px, py, alpha_n) & more;
+          // Current splat, as the plain loop: if used, stop before it when it would take T to <= eps,
+          // else blend it. Written without branches so that it interleaves with the evaluation above.
+          const float next_T = T * (1.f - alpha);
+          const bool stop = use && next_T <= splat::kTransmittanceEps;
+          const float w = alpha * T;
+          if (use && !stop) {
 #pragma unroll
-        for (int q = 0; q < CH; ++q)
-          if (q < nch) acc[q] += __ldg(c + q) * w;
-        last = bs + t;
-        T = next_T;
+            for (int q = 0; q < CH; ++q) acc[q] += s_col[t * CH + q] * w;
+            last = bs + t;
+            T = next_T;
+          }
+          if (stop) {
+            done = true;
+            break;
+          }
+          if (!more) break;
+          t = tn;
+          alpha = alpha_n;
+          use = use_n;
+        }
       }
     }
   }
@@ -105,6 +139,12 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
   }
 }
 
+// Dynamic shared memory of one block: per thread one splat's geometry and its CH colour values.
+template <int CH>
+size_t shmem_bytes(int nt) {
+  return (size_t)nt * (sizeof(float4) + sizeof(float3) + CH * sizeof(float));
+}
+
 template <int CH>
 cudaError_t launch_ch(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                       const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
@@ -112,7 +152,12 @@ cudaError_t launch_ch(const float* means2d, const float* conics, const float* op
                       int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
   int nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
   dim3 grid(d.tiles_x, d.tiles_y, (unsigned)(d.B * d.C));
-  size_t shmem = (size_t)nt * (sizeof(int32_t) + sizeof(float4) + sizeof(float3));
+  const size_t shmem = shmem_bytes<CH>(nt);
+  if (shmem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(render_fwd_kernel<CH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)shmem);
+    if (e != cudaSuccess) return e;
+  }
   render_fwd_kernel<CH><<<grid, nt, shmem, stream>>>(reinterpret_cast<const float2*>(means2d), conics, opac2d, colors,
                                                      backgrounds, tile_offsets, flatten_ids, (int32_t)n_isects, d,
                                                      chan0, nch, out_c, out_a, last_ids, final_Ts);
@@ -120,13 +165,18 @@ cudaError_t launch_ch(const float* means2d, const float* conics, const float* op
 }
 
 
-// Largest channel chunk whose kernel can run with nt threads per block (register budget: e.g.
-// 32x32 tiles have 1024 threads, which the 32-channel instantiations do not fit).
+// Largest channel chunk whose kernel can run with nt threads per block: register budget (e.g.
+// 32x32 tiles have 1024 threads, which the 32-channel instantiations may not fit) and shared memory
+// (the staged colours: 1024 threads x 32 channels need 156 KiB, over the opt-in limit of some GPUs).
 template <int CH>
 bool fits(int nt) {
   cudaFuncAttributes a;
   if (cudaFuncGetAttributes(&a, render_fwd_kernel<CH>) != cudaSuccess) return false;
-  return a.maxThreadsPerBlock >= nt;
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return false;
+  return a.maxThreadsPerBlock >= nt && a.sharedSizeBytes + shmem_bytes<CH>(nt) <= (size_t)optin;
 }
 
 inline int max_chunk(int nt) {
