@@ -56,7 +56,7 @@ __device__ __forceinline__ void blend_shape(const float* __restrict__ sd, const 
     const float4* r1 = reinterpret_cast<const float4*>(row + S);
     const float4* r2 = reinterpret_cast<const float4*>(row + 2 * S);
     const float4* sb4 = reinterpret_cast<const float4*>(s_b);
-#pragma unroll(BT >= 16 ? 1 : 2)
+#pragma unroll 2
     for (int s4 = lane; s4 < S4; s4 += kWarp) {
       const float4 x0 = __ldg(r0 + s4), x1 = __ldg(r1 + s4), x2 = __ldg(r2 + s4);
 #pragma unroll
@@ -128,8 +128,23 @@ __device__ __forceinline__ void finish_vertex(float (&acc)[BT][3], const float* 
       acc[bt][0] += x0 * f; acc[bt][1] += x1 * f; acc[bt][2] += x2 * f;
     }
   }
-  float mine[3];
-  const int f = reduce_scatter_frames<BT>(acc, lane, mine);
+  float mine[3] = {0.f, 0.f, 0.f};
+  int f = -1;
+  if (BT <= 8) {
+    f = reduce_scatter_frames<BT>(acc, lane, mine);
+  } else {
+    // BT = 16: plain butterflies need fewer live registers than the reduce-scatter, which keeps
+    // the shapedirs loop at unroll 2 without spills (H200, B=16 vertices incl. joints: 47 µs at
+    // e74bac6 with this path, 53 µs at 04fe70d with the reduce-scatter and unroll 1)
+#pragma unroll
+    for (int bt = 0; bt < BT; ++bt)
+#pragma unroll
+      for (int c = 0; c < 3; ++c) {
+        const float t = warp_sum(acc[bt][c]);
+        if (lane == bt) mine[c] = t;
+      }
+    f = lane < BT ? lane : -1;
+  }
   if (f >= 0 && f < nb) {
     const int64_t o = ((int64_t)(b0 + f) * V + v) * 3;
     float p[3], M[12], out[3];
