@@ -65,49 +65,112 @@ def register() -> None:
         return (torch.empty_like(means2d), torch.empty_like(conics), torch.empty_like(opac2d),
                 torch.empty_like(colors))
 
-    # ---- autograd ---------------------------------------------------------------------------
-    def _project_setup(ctx, inputs, output):
-        means, quats, scales, opacities, viewmats, Ks, width, height, _n, _f, eps2d, antialiased, _t = inputs
-        ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, output[4])
-        ctx.cfg = (width, height, eps2d, antialiased)
-        ctx.mark_non_differentiable(output[4], output[5])
-
-    def _project_backward(ctx, g_means2d, g_depths, g_conics, g_opac2d, g_radii, g_tiles):
-        means, quats, scales, opacities, viewmats, Ks, radii = ctx.saved_tensors
-        width, height, eps2d, antialiased = ctx.cfg
-        B, N, C = means.shape[0], means.shape[1], viewmats.shape[1]
-        z = lambda *s: means.new_zeros(s)
-        g_means2d = z(B, C, N, 2) if g_means2d is None else g_means2d.contiguous()
-        g_depths = z(B, C, N) if g_depths is None else g_depths.contiguous()
-        g_conics = z(B, C, N, 3) if g_conics is None else g_conics.contiguous()
-        g_opac2d = z(B, C, N) if g_opac2d is None else g_opac2d.contiguous()
-        vm, vq, vs, vo = torch.ops.ffavatar.rasterize_project_bwd(
-            means, quats, scales, opacities, viewmats, Ks, radii, g_means2d, g_depths, g_conics, g_opac2d,
-            width, height, eps2d, antialiased)
-        return vm, vq, vs, vo, None, None, None, None, None, None, None, None, None
-
+    # ---- autograd (for direct callers of the ops; rasterize() uses _ProjectFn / _RenderFn) --------
     torch.library.register_autograd(lib + "rasterize_project", _project_backward, setup_context=_project_setup)
-
-    def _render_setup(ctx, inputs, output):
-        means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height, tile_size = inputs
-        ctx.save_for_backward(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, output[3],
-                              output[2])
-        ctx.cfg = (width, height, tile_size)
-        ctx.has_bg = backgrounds is not None
-        ctx.mark_non_differentiable(output[2], output[3])
-
-    def _render_backward(ctx, g_colors, g_alphas, g_last, g_final_t):
-        means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids = ctx.saved_tensors
-        width, height, tile_size = ctx.cfg
-        g_colors = torch.zeros(final_t.shape[:-1] + colors.shape[-1:], dtype=final_t.dtype, device=final_t.device) \
-            if g_colors is None else g_colors.contiguous()
-        g_alphas = torch.zeros_like(final_t) if g_alphas is None else g_alphas.contiguous()
-        v_m2, v_cn, v_op, v_col = torch.ops.ffavatar.rasterize_render_bwd(
-            means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids, g_colors,
-            g_alphas, width, height, tile_size)
-        v_bg = None
-        if ctx.has_bg and ctx.needs_input_grad[4]:
-            v_bg = (final_t * g_colors).sum(dim=(-3, -2))
-        return v_m2, v_cn, v_op, v_col, v_bg, None, None, None, None, None
-
     torch.library.register_autograd(lib + "rasterize_render", _render_backward, setup_context=_render_setup)
+
+
+# ---- autograd formulas (shared by the registered autograd and the Functions below) ---------------
+def _project_setup(ctx, inputs, output):
+    means, quats, scales, opacities, viewmats, Ks, width, height, _n, _f, eps2d, antialiased, _t = inputs
+    ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, output[4])
+    ctx.cfg = (width, height, eps2d, antialiased)
+    ctx.mark_non_differentiable(output[4], output[5])
+
+def _project_backward(ctx, g_means2d, g_depths, g_conics, g_opac2d, g_radii, g_tiles):
+    means, quats, scales, opacities, viewmats, Ks, radii = ctx.saved_tensors
+    width, height, eps2d, antialiased = ctx.cfg
+    B, N, C = means.shape[0], means.shape[1], viewmats.shape[1]
+    z = lambda *s: means.new_zeros(s)
+    g_means2d = z(B, C, N, 2) if g_means2d is None else g_means2d.contiguous()
+    g_depths = z(B, C, N) if g_depths is None else g_depths.contiguous()
+    g_conics = z(B, C, N, 3) if g_conics is None else g_conics.contiguous()
+    g_opac2d = z(B, C, N) if g_opac2d is None else g_opac2d.contiguous()
+    vm, vq, vs, vo = torch.ops.ffavatar.rasterize_project_bwd(
+        means, quats, scales, opacities, viewmats, Ks, radii, g_means2d, g_depths, g_conics, g_opac2d,
+        width, height, eps2d, antialiased)
+    return vm, vq, vs, vo, None, None, None, None, None, None, None, None, None
+
+
+def _render_setup(ctx, inputs, output):
+    means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height, tile_size = inputs
+    ctx.save_for_backward(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, output[3],
+                          output[2])
+    ctx.cfg = (width, height, tile_size)
+    ctx.has_bg = backgrounds is not None
+    ctx.mark_non_differentiable(output[2], output[3])
+
+def _render_backward(ctx, g_colors, g_alphas, g_last, g_final_t):
+    means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids = ctx.saved_tensors
+    width, height, tile_size = ctx.cfg
+    g_colors = torch.zeros(final_t.shape[:-1] + colors.shape[-1:], dtype=final_t.dtype, device=final_t.device) \
+        if g_colors is None else g_colors.contiguous()
+    g_alphas = torch.zeros_like(final_t) if g_alphas is None else g_alphas.contiguous()
+    v_m2, v_cn, v_op, v_col = torch.ops.ffavatar.rasterize_render_bwd(
+        means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids, g_colors,
+        g_alphas, width, height, tile_size)
+    v_bg = None
+    if ctx.has_bg and ctx.needs_input_grad[4]:
+        v_bg = (final_t * g_colors).sum(dim=(-3, -2))
+    return v_m2, v_cn, v_op, v_col, v_bg, None, None, None, None, None
+
+
+# ---- low-overhead entry points for rasterize() -------------------------------------------------
+# torch.library's generic autograd wrapper costs ~30-100 µs of Python per call (it rebuilds the
+# argument list from the schema on every differentiable call), which is most of the host time of a
+# 1-camera render. rasterize() calls the ops through these Functions instead: the kernels are
+# reached below the Autograd key (like the wrapper does), with the same setup / backward formulas.
+# Under torch.compile the registered ops are traced as usual.
+class _ProjectFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *inputs):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = torch.ops.ffavatar.rasterize_project(*inputs)
+        _project_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _project_backward(ctx, *grads)
+
+
+class _RenderFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *inputs):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = torch.ops.ffavatar.rasterize_render(*inputs)
+        _render_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _render_backward(ctx, *grads)
+
+
+def _call(op, fn, tensors, args):
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return fn.apply(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def project(means, quats, scales, opacities, viewmats, Ks, *cfg):
+    """torch.ops.ffavatar.rasterize_project with autograd, minimal host overhead."""
+    args = (means, quats, scales, opacities, viewmats, Ks, *cfg)
+    return _call(torch.ops.ffavatar.rasterize_project, _ProjectFn, args[:6], args)
+
+
+def render(means2d, conics, opac2d, colors, backgrounds, *rest):
+    """torch.ops.ffavatar.rasterize_render with autograd, minimal host overhead."""
+    args = (means2d, conics, opac2d, colors, backgrounds, *rest)
+    return _call(torch.ops.ffavatar.rasterize_render, _RenderFn, args[:5], args)
+
+
+def bin_(*args):
+    """torch.ops.ffavatar.rasterize_bin (not differentiable: int outputs), below the Autograd key."""
+    if torch.compiler.is_compiling():
+        return torch.ops.ffavatar.rasterize_bin(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.ffavatar.rasterize_bin(*args)

@@ -171,16 +171,15 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     if not _rasterize_ops._OPS_READY:
         _ext.require("rasterize")
         _rasterize_ops.register()
-    ops = torch.ops.ffavatar
     B, N, C = means.shape[0], means.shape[1], viewmats.shape[1]
-    means2d, depths, conics, opac2d, radii, tiles = ops.rasterize_project(
+    means2d, depths, conics, opac2d, radii, tiles = _rasterize_ops.project(
         means, quats, scales, opacities, viewmats, Ks, width, height, float(near_plane), float(far_plane),
         float(eps2d), rasterize_mode == "antialiased", tile_size)
     meta_means2d = means2d if batched else means2d.squeeze(0)
     means2d_in = meta_means2d if batched else meta_means2d.unsqueeze(0)
     visibility = radii.any(-1)  # radii >= 0; one op, queued before the bin's host sync
-    offsets, flatten_ids = ops.rasterize_bin(means2d, radii, depths, conics, opac2d, tiles, width, height,
-                                             tile_size)
+    offsets, flatten_ids = _rasterize_ops.bin_(means2d, radii, depths, conics, opac2d, tiles, width, height,
+                                               tile_size)
     if render_mode == "RGB":
         cols = colors
     elif render_mode == "ED":
@@ -193,8 +192,8 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         if bg is not None:  # the depth channel is blended over 0; its background is added after
             bg_depth = bg[..., -1:]  # [B,C,1]
             bg = torch.cat([bg[..., :-1], torch.zeros_like(bg_depth)], -1)
-    img, alpha, last_ids, _final_t = ops.rasterize_render(means2d_in, conics, opac2d, cols, bg,
-                                                          offsets, flatten_ids, width, height, tile_size)
+    img, alpha, last_ids, _final_t = _rasterize_ops.render(means2d_in, conics, opac2d, cols, bg,
+                                                           offsets, flatten_ids, width, height, tile_size)
     if render_mode != "RGB":
         # Expected depth of the Gaussians; where they leave transmittance T, the depth background
         # fills in: ED = sum(w z) / alpha + T * bg_depth (bg_depth = 0, gsplat's case, gives gsplat's ED).
