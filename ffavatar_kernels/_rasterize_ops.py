@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ext
+from . import _autograd, _ext
 
 _OPS_READY = False
 
@@ -115,62 +115,25 @@ def _render_backward(ctx, g_colors, g_alphas, g_last, g_final_t):
     return v_m2, v_cn, v_op, v_col, v_bg, None, None, None, None, None
 
 
-# ---- low-overhead entry points for rasterize() -------------------------------------------------
-# torch.library's generic autograd wrapper costs ~30-100 µs of Python per call (it rebuilds the
-# argument list from the schema on every differentiable call), which is most of the host time of a
-# 1-camera render. rasterize() calls the ops through these Functions instead: the kernels are
-# reached below the Autograd key (like the wrapper does), with the same setup / backward formulas.
-# Under torch.compile the registered ops are traced as usual.
-class _ProjectFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *inputs):
-        with torch._C._AutoDispatchBelowAutograd():
-            out = torch.ops.ffavatar.rasterize_project(*inputs)
-        _project_setup(ctx, inputs, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _project_backward(ctx, *grads)
-
-
-class _RenderFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *inputs):
-        with torch._C._AutoDispatchBelowAutograd():
-            out = torch.ops.ffavatar.rasterize_render(*inputs)
-        _render_setup(ctx, inputs, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _render_backward(ctx, *grads)
-
-
-def _call(op, fn, tensors, args):
-    if torch.compiler.is_compiling():
-        return op(*args)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return fn.apply(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
+# ---- low-overhead entry points for rasterize() (see _autograd.py) -------------------------------
+_ProjectFn = _autograd.function("_ProjectFn", lambda *a: torch.ops.ffavatar.rasterize_project(*a), _project_setup,
+                                _project_backward)
+_RenderFn = _autograd.function("_RenderFn", lambda *a: torch.ops.ffavatar.rasterize_render(*a), _render_setup,
+                               _render_backward)
 
 
 def project(means, quats, scales, opacities, viewmats, Ks, *cfg):
     """torch.ops.ffavatar.rasterize_project with autograd, minimal host overhead."""
     args = (means, quats, scales, opacities, viewmats, Ks, *cfg)
-    return _call(torch.ops.ffavatar.rasterize_project, _ProjectFn, args[:6], args)
+    return _autograd.call(torch.ops.ffavatar.rasterize_project, _ProjectFn, args[:6], args)
 
 
 def render(means2d, conics, opac2d, colors, backgrounds, *rest):
     """torch.ops.ffavatar.rasterize_render with autograd, minimal host overhead."""
     args = (means2d, conics, opac2d, colors, backgrounds, *rest)
-    return _call(torch.ops.ffavatar.rasterize_render, _RenderFn, args[:5], args)
+    return _autograd.call(torch.ops.ffavatar.rasterize_render, _RenderFn, args[:5], args)
 
 
 def bin_(*args):
     """torch.ops.ffavatar.rasterize_bin (not differentiable: int outputs), below the Autograd key."""
-    if torch.compiler.is_compiling():
-        return torch.ops.ffavatar.rasterize_bin(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.ffavatar.rasterize_bin(*args)
+    return _autograd.call(torch.ops.ffavatar.rasterize_bin, None, (), args)

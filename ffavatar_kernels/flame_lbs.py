@@ -30,7 +30,7 @@ import weakref
 
 import torch
 
-from . import _ext
+from . import _autograd, _ext
 from ._validate import check_tensor
 
 __all__ = ["flame_lbs", "skin_gaussians", "shape_template"]
@@ -150,6 +150,11 @@ def _register() -> None:
 
 if _ext.load():
     _register()
+
+# Low-overhead autograd for the composites below (see _autograd.py); same formulas as registered.
+_JointsFn = _autograd.function("_JointsFn", lambda *a: _ops.flame_lbs_joints(*a), _joints_setup, _joints_backward)
+_VertsFn = _autograd.function("_VertsFn", lambda *a: _ops.flame_lbs(*a), _verts_setup, _verts_backward)
+_GaussFn = _autograd.function("_GaussFn", lambda *a: _ops.skin_gaussians(*a), _gauss_setup, _gauss_backward)
 
 
 # ---- caches (model constants) --------------------------------------------------------------------
@@ -271,9 +276,10 @@ def _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, l
     betas, v_template, shapedirs, posedirs, lbs_weights = (
         t.contiguous() for t in (betas, v_template, shapedirs, posedirs, lbs_weights))
     J_template, J_dirs = _joint_products(J_regressor.contiguous(), v_template, shapedirs)
-    rot, joints, A = _ops.flame_lbs_joints(betas, pose_k, J_template, J_dirs, par)
-    verts, v_posed = _ops.flame_lbs(betas, rot, A, v_template, shapedirs, posedirs, lbs_weights,
-                                    betas.is_cuda)
+    args = (betas, pose_k, J_template, J_dirs, par)
+    rot, joints, A = _autograd.call(_ops.flame_lbs_joints, _JointsFn, args[:4], args)
+    args = (betas, rot, A, v_template, shapedirs, posedirs, lbs_weights, betas.is_cuda)
+    verts, v_posed = _autograd.call(_ops.flame_lbs, _VertsFn, args[:7], args)
     return verts, v_posed, joints, A, lbs_weights
 
 
@@ -349,8 +355,8 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
     anchor_idx, anchor_weights = anchor_idx.contiguous(), anchor_weights.contiguous()
     _, v_posed, _, A, W = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par,
                                    lbs_weights)
-    return _ops.skin_gaussians(v_posed, A, W, anchor_idx, anchor_weights, offsets, quats,
-                               bool(means_only), v_posed.is_cuda)
+    args = (v_posed, A, W, anchor_idx, anchor_weights, offsets, quats, bool(means_only), v_posed.is_cuda)
+    return _autograd.call(_ops.skin_gaussians, _GaussFn, args[:7], args)
 
 
 def shape_template(v_template, shapedirs, betas_shape):
