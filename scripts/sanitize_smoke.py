@@ -26,7 +26,7 @@ def main(which):
     w = torch.rand(N, 4, device=dev); w = w / w.sum(1, keepdim=True)
     off = (0.01 * torch.randn(N, 3, device=dev)).requires_grad_()
     q = torch.randn(N, 4, device=dev).requires_grad_()
-    for B in (2, 6):  # B > 4: the Gaussian backward's several frame groups (accumulated outputs)
+    for B in (2, 6, 16):  # B > 4: several frame groups in the Gaussian backward; 16: vertex BT=16
         a = lbs_inputs(dev, B=B)
         m, qq = fk.skin_gaussians(*a.values(), idx, w, off, q)
         (m.square().sum() + qq.sum()).backward()
