@@ -77,6 +77,7 @@ def _project_setup(ctx, inputs, output):
     ctx.cfg = (width, height, eps2d, antialiased)
     ctx.mark_non_differentiable(output[4], output[5])
 
+
 def _project_backward(ctx, g_means2d, g_depths, g_conics, g_opac2d, g_radii, g_tiles):
     means, quats, scales, opacities, viewmats, Ks, radii = ctx.saved_tensors
     width, height, eps2d, antialiased = ctx.cfg
@@ -99,6 +100,7 @@ def _render_setup(ctx, inputs, output):
     ctx.cfg = (width, height, tile_size)
     ctx.has_bg = backgrounds is not None
     ctx.mark_non_differentiable(output[2], output[3])
+
 
 def _render_backward(ctx, g_colors, g_alphas, g_last, g_final_t):
     means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids = ctx.saved_tensors
