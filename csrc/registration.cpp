@@ -13,7 +13,8 @@ TORCH_LIBRARY(ffavatar, m) {
   m.def("flame_lbs_joints_backward(Tensor? grad_rot_mats, Tensor? grad_joints, Tensor? grad_transforms, "
         "Tensor betas, Tensor pose, Tensor J_template, Tensor J_dirs, int[] parents) "
         "-> (Tensor grad_betas, Tensor grad_pose, Tensor grad_joints_rest)");
-  // Vertices: blendshapes + pose correctives + skinning; v_posed = pre-skinning vertices.
+  // Vertices: blendshapes + pose correctives + skinning; v_posed = pre-skinning vertices, padded
+  // [B,V,4] (x, y, z, 0: 16-byte rows for the Gaussian gathers).
   // pdl: the CUDA kernel may start before the previous kernel of the stream ends (Hopper
   // programmatic dependent launch) and reads betas / shapedirs before waiting for it: only for
   // callers (ffavatar_kernels.flame_lbs) whose previous kernel is flame_lbs_joints producing
@@ -26,15 +27,19 @@ TORCH_LIBRARY(ffavatar, m) {
         "bool need_v_template, bool need_shapedirs, bool need_posedirs, bool need_lbs_weights) "
         "-> (Tensor grad_betas, Tensor grad_rot_mats, Tensor grad_transforms, Tensor grad_v_template, "
         "Tensor grad_shapedirs, Tensor grad_posedirs, Tensor grad_lbs_weights)");
-  // Anchored Gaussians: means and rotations skinned by the anchor-blended transforms.
+  // Anchored Gaussians: means and rotations skinned by the anchor-blended transforms. v_posed is
+  // flame_lbs' padded [B,V,4]. joint_weights [N,J] (optional) = sum_k anchor_weights[:,k,None] *
+  // lbs_weights[anchor_idx[:,k]], frame-independent: passed, it replaces the K*J gathers of
+  // lbs_weights per Gaussian (the caller caches it per model); it gets no gradient of its own (the
+  // gradients of lbs_weights / anchor_weights are computed from them directly).
   m.def("skin_gaussians(Tensor v_posed, Tensor transforms, Tensor lbs_weights, Tensor anchor_idx, "
-        "Tensor anchor_weights, Tensor? offsets, Tensor? quats, bool means_only, bool pdl=False) "
-        "-> (Tensor means, Tensor quats_out)");
+        "Tensor anchor_weights, Tensor? offsets, Tensor? quats, bool means_only, bool pdl=False, "
+        "Tensor? joint_weights=None) -> (Tensor means, Tensor quats_out)");
   m.def("skin_gaussians_backward(Tensor? grad_means, Tensor? grad_quats, Tensor v_posed, Tensor transforms, "
         "Tensor lbs_weights, Tensor anchor_idx, Tensor anchor_weights, Tensor? offsets, Tensor? quats, "
-        "bool means_only, bool need_lbs_weights, bool need_anchor_weights) -> (Tensor grad_v_posed, "
-        "Tensor grad_transforms, Tensor grad_lbs_weights, Tensor grad_anchor_weights, Tensor grad_offsets, "
-        "Tensor grad_quats)");
+        "bool means_only, bool need_lbs_weights, bool need_anchor_weights, Tensor? joint_weights=None) -> "
+        "(Tensor grad_v_posed, Tensor grad_transforms, Tensor grad_lbs_weights, Tensor grad_anchor_weights, "
+        "Tensor grad_offsets, Tensor grad_quats)");
 
 
   // ---- rasterize (csrc/rasterize) -------------------------------------------------------------

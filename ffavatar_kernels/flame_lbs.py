@@ -52,7 +52,7 @@ def _joints_bwd_fake(g_rot, g_joints, g_A, betas, pose, J_template, J_dirs, pare
 
 def _verts_fake(betas, rot, A, v_template, shapedirs, posedirs, lbs_weights, pdl=False):
     B, V = betas.shape[0], v_template.shape[0]
-    return betas.new_empty(B, V, 3), betas.new_empty(B, V, 3)
+    return betas.new_empty(B, V, 3), betas.new_empty(B, V, 4)  # v_posed padded (x, y, z, 0)
 
 
 def _verts_bwd_fake(g_verts, g_vposed, betas, rot, A, shapedirs, posedirs, lbs_weights, v_posed,
@@ -66,13 +66,13 @@ def _verts_bwd_fake(g_verts, g_vposed, betas, rot, A, shapedirs, posedirs, lbs_w
             torch.empty_like(lbs_weights) if need_W else e)
 
 
-def _gauss_fake(v_posed, A, W, idx, aw, offsets, quats, means_only, pdl=False):
+def _gauss_fake(v_posed, A, W, idx, aw, offsets, quats, means_only, pdl=False, joint_weights=None):
     B, N = v_posed.shape[0], idx.shape[0]
     return v_posed.new_empty(B, N, 3), v_posed.new_empty(B, N, 4)
 
 
 def _gauss_bwd_fake(g_means, g_quats, v_posed, A, W, idx, aw, offsets, quats, means_only, need_W,
-                    need_aw):
+                    need_aw, joint_weights=None):
     e = v_posed.new_empty(0)
     return (torch.empty_like(v_posed), torch.empty_like(A),
             torch.empty_like(W) if need_W else e, torch.empty_like(aw) if need_aw else e,
@@ -123,21 +123,23 @@ def _verts_backward(ctx, g_verts, g_vposed):
 
 def _gauss_setup(ctx, inputs, output):
     v_posed, A, W, idx, aw, offsets, quats, means_only = inputs[:8]
+    wg = inputs[9] if len(inputs) > 9 else None
     ctx.means_only = means_only
-    ctx.has_off, ctx.has_q = offsets is not None, quats is not None
-    ctx.save_for_backward(v_posed, A, W, idx, aw, offsets, quats)
+    ctx.has_off, ctx.has_q, ctx.has_wg = offsets is not None, quats is not None, wg is not None
+    ctx.save_for_backward(v_posed, A, W, idx, aw, offsets, quats, wg)
 
 
 def _gauss_backward(ctx, g_means, g_quats):
-    v_posed, A, W, idx, aw, offsets, quats = ctx.saved_tensors
+    v_posed, A, W, idx, aw, offsets, quats, wg = ctx.saved_tensors
     n = ctx.needs_input_grad
     g_means, g_quats = _contig(g_means, g_quats)
     gvp, gA, gW, gaw, goff, gq = _ops.skin_gaussians_backward(
         g_means, g_quats, v_posed, A, W, idx, aw, offsets if ctx.has_off else None,
-        quats if ctx.has_q else None, ctx.means_only, n[2], n[4])
+        quats if ctx.has_q else None, ctx.means_only, n[2], n[4], wg if ctx.has_wg else None)
+    # joint_weights (last input) is a function of lbs_weights / anchor_weights: no gradient of its own
     return (gvp if n[0] else None, gA if n[1] else None, gW if n[2] else None, None,
             gaw if n[4] else None, goff if (ctx.has_off and n[5]) else None,
-            gq if (ctx.has_q and n[6]) else None, None, None)
+            gq if (ctx.has_q and n[6]) else None, None, None, None)
 
 
 
@@ -177,8 +179,11 @@ class _Cache:
         return value
 
 
-_joint_cache = _Cache()
 _parents_cache = _Cache()
+# J products and anchor joint weights: one cache per inference mode (inference tensors cannot be
+# saved for a later backward, so entries made under torch.inference_mode() serve that mode only)
+_joint_caches = {False: _Cache(), True: _Cache()}
+_wg_caches = {False: _Cache(), True: _Cache()}
 
 
 def _joint_products(J_regressor, v_template, shapedirs):
@@ -190,11 +195,37 @@ def _joint_products(J_regressor, v_template, shapedirs):
                 (J_regressor @ shapedirs.reshape(V, 3 * S)).reshape(J, 3, S).contiguous())
     grads = torch.is_grad_enabled() and any(
         t.requires_grad for t in (J_regressor, v_template, shapedirs))
-    # Inference tensors made under torch.inference_mode() cannot be saved for a later backward, so
-    # that mode neither fills nor reads the cache.
-    if grads or torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+    if grads or torch.compiler.is_compiling():
         return make()
-    return _joint_cache.get((J_regressor, v_template, shapedirs), make)
+    # Inference tensors made under torch.inference_mode() cannot be saved for a later backward, so
+    # that mode has its own cache.
+    return _joint_caches[torch.is_inference_mode_enabled()].get((J_regressor, v_template, shapedirs), make)
+
+
+def _anchor_joint_weights(W, idx, aw):
+    """joint_weights [N,J] = sum_k aw[:,k,None] * W[idx[:,k]] (frame- and pose-independent), cached
+    per (lbs_weights, anchor_idx, anchor_weights). None (the kernels then gather lbs_weights
+    themselves) under torch.compile and when lbs_weights or anchor_weights require grad: tensors
+    being trained change every step, and a change through ``.data`` (gradcheck, some optimizers)
+    does not bump the version counter the cache keys on. A plain value input of skin_gaussians: the
+    kernels compute the gradients of lbs_weights and anchor_weights from those tensors."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (W.requires_grad or aw.requires_grad)):
+        return None
+
+    def make():
+        V = W.shape[0]
+        if idx.device.type == "cpu" and idx.numel():  # as the op's own check (CUDA: a device assert)
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= V:
+                raise ValueError(f"anchor_idx: expected indices in [0, {V}) (V from v_template), got values "
+                                 f"in [{lo}, {hi}]")
+        with torch.no_grad():
+            ii = idx.long()
+            wg = aw[:, 0, None] * W[ii[:, 0]]
+            for k in range(1, idx.shape[1]):  # anchor_joint_weights' order (lbs_math.h)
+                wg = wg + aw[:, k, None] * W[ii[:, k]]
+            return wg.contiguous()
+    return _wg_caches[torch.is_inference_mode_enabled()].get((W, idx, aw), make)
 
 
 def _check_parents_list(parents: list, J: int) -> list:
@@ -353,9 +384,11 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
         quats = quats.contiguous()
     _ext.require("skin_gaussians")
     anchor_idx, anchor_weights = anchor_idx.contiguous(), anchor_weights.contiguous()
+    # before the first launch: the Gaussian kernel reads it before its PDL wait (see _run_lbs)
+    wg = _anchor_joint_weights(lbs_weights, anchor_idx, anchor_weights)
     _, v_posed, _, A, W = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par,
                                    lbs_weights)
-    args = (v_posed, A, W, anchor_idx, anchor_weights, offsets, quats, bool(means_only), v_posed.is_cuda)
+    args = (v_posed, A, W, anchor_idx, anchor_weights, offsets, quats, bool(means_only), v_posed.is_cuda, wg)
     return _autograd.call(_ops.skin_gaussians, _GaussFn, args[:7], args)
 
 

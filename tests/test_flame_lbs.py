@@ -232,6 +232,41 @@ def test_opcheck(device):
     for mo in (False, True):
         torch.library.opcheck(ops.skin_gaussians, (v_posed, A, args[3], idx, aw, off, q, mo))
     torch.library.opcheck(ops.skin_gaussians, (v_posed, A, args[3], idx.int(), aw, None, None, False))
+    # precomputed anchor joint weights (the composite's cached joint_weights argument)
+    wg = F._anchor_joint_weights(args[3].detach(), idx, aw.detach())
+    torch.library.opcheck(ops.skin_gaussians, (v_posed, A, args[3], idx, aw, off, q, False, False, wg))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_joint_weights_argument_matches_the_gather(device):
+    """skin_gaussians with joint_weights = sum_k w_k W[i_k] gives the outputs and every gradient of the
+    call without it (the kernels gather lbs_weights themselves then)."""
+    V, J, S, B, N = 50, 5, 6, 3, 70
+    dt = torch.float64 if device == "cpu" else torch.float32
+    m = {k: cast(v, dt, device) for k, v in make_model(V, J, S).items()}
+    betas, pose = (cast(t, dt, device) for t in make_inputs(B, J, S))
+    rot, _, A = torch.ops.ffavatar.flame_lbs_joints(
+        betas, pose.reshape(B, J, 3), m["J_regressor"] @ m["v_template"],
+        (m["J_regressor"] @ m["shapedirs"].reshape(V, -1)).reshape(J, 3, S), PARENTS)
+    v_posed = torch.ops.ffavatar.flame_lbs(betas, rot, A, m["v_template"], m["shapedirs"], m["posedirs"],
+                                           m["lbs_weights"])[1]
+    assert v_posed.shape == (B, V, 4) and bool((v_posed[..., 3] == 0).all())
+    idx, aw = make_anchors(N, V, device=device, dtype=dt)
+    off = torch.randn(N, 3, device=device, dtype=dt)
+    q = torch.randn(N, 4, device=device, dtype=dt)
+    W = m["lbs_weights"]
+    wg = F._anchor_joint_weights(W, idx, aw)
+    torch.testing.assert_close(wg, torch.einsum("nk,nkj->nj", aw, W[idx]))
+    ins = [t.clone().requires_grad_() for t in (v_posed, A, W, aw, off, q)]
+    g_out = [torch.randn(B, N, 3, device=device, dtype=dt), torch.randn(B, N, 4, device=device, dtype=dt)]
+    res = []
+    for jw in (None, wg):
+        vp, a, w, ww, o, qq = ins
+        outs = torch.ops.ffavatar.skin_gaussians(vp, a, w, idx, ww, o, qq, False, False, jw)
+        res.append(list(outs) + list(torch.autograd.grad(outs, ins, g_out)))
+    tol = dict(rtol=1e-10, atol=1e-12) if dt == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for x, y in zip(*res):
+        torch.testing.assert_close(x, y, **tol)
 
 
 # ---- API behaviour ---------------------------------------------------------------------------------
@@ -471,7 +506,8 @@ def test_anchor_idx_out_of_range_is_a_clear_error():
             F.skin_gaussians(betas, pose, *model_args(m), bad, aw)
         with pytest.raises(ValueError, match="anchor_idx"):  # the raw op checks too
             v, j, A = ref.flame_lbs(betas, pose, *model_args(m), return_transforms=True)
-            torch.ops.ffavatar.skin_gaussians(v.contiguous(), A.contiguous(), m["lbs_weights"].contiguous(),
+            v4 = torch.nn.functional.pad(v, (0, 1))  # the op's padded v_posed [B,V,4]
+            torch.ops.ffavatar.skin_gaussians(v4, A.contiguous(), m["lbs_weights"].contiguous(),
                                               bad, aw, None, None, False)
 
 

@@ -13,6 +13,9 @@ namespace ffa {
 namespace lbs {
 
 constexpr int kMaxJoints = 64;  // CUDA joint kernels keep per-joint state in shared memory
+// Row stride of v_posed [B,V,kVP] (x, y, z, 0): 16-byte rows, so the CUDA Gaussian kernels gather
+// an anchor vertex with one float4 load (and scatter its gradient with one float4 atomic on sm_90).
+constexpr int kVP = 4;
 constexpr double kQuatEps = 1e-12;
 constexpr double kRadicandMin = 1e-30;
 
@@ -324,12 +327,12 @@ HOST_DEVICE void quat_mul_backward(const T* p, const T* q, const T* g, T* gp, T*
 }
 
 // ---- one anchored Gaussian, one frame -------------------------------------------------------------
-// Anchored rest point: p = sum_k w_k vp[i_k] + off (off may be null).
+// Anchored rest point: p = sum_k w_k vp[i_k] + off (off may be null; vp rows of kVP).
 template <typename T, typename I>
 HOST_DEVICE void anchor_point(int K, const I* idx, const T* aw, const T* vp, const T* off, T* p) {
   for (int c = 0; c < 3; ++c) p[c] = off ? off[c] : T(0);
   for (int k = 0; k < K; ++k) {
-    const T* v = vp + (int64_t)idx[k] * 3;
+    const T* v = vp + (int64_t)idx[k] * kVP;
     for (int c = 0; c < 3; ++c) p[c] += aw[k] * v[c];
   }
 }
@@ -344,8 +347,15 @@ HOST_DEVICE void canonical_quat(const T* qg, T* q) {
 
 // Frame-independent joint weights of a Gaussian: wg [J] = sum_k w_k W[i_k, :]. Its blended
 // transform in any frame is then blend_transform(J, wg, A_frame) (J*12 FMAs instead of K*J*12).
+// wg_in: the same weights precomputed by the caller ([J] row of skin_gaussians' joint_weights), or
+// null to compute them here.
 template <typename T, typename I>
-HOST_DEVICE void anchor_joint_weights(int J, int K, const I* idx, const T* aw, const T* W, T* wg) {
+HOST_DEVICE void anchor_joint_weights(int J, int K, const I* idx, const T* aw, const T* W, T* wg,
+                                      const T* wg_in = nullptr) {
+  if (wg_in) {
+    for (int j = 0; j < J; ++j) wg[j] = wg_in[j];
+    return;
+  }
   for (int j = 0; j < J; ++j) wg[j] = T(0);
   for (int k = 0; k < K; ++k) {
     const T* Wk = W + (int64_t)idx[k] * J;
@@ -368,10 +378,10 @@ HOST_DEVICE void gaussian_pose(const T* M, const T* p, const T* qc, bool means_o
 }
 
 template <typename T, typename I>
-HOST_DEVICE void gaussian_forward(int J, int K, const I* idx, const T* aw, const T* vp, const T* W, const T* A,
-                                  const T* off, const T* qg, bool means_only, T* mean, T* qout) {
+HOST_DEVICE void gaussian_forward(int J, int K, const I* idx, const T* aw, const T* vp, const T* W, const T* wg_in,
+                                  const T* A, const T* off, const T* qg, bool means_only, T* mean, T* qout) {
   T wg[kMaxJoints], M[12], p[3], qc[4];
-  anchor_joint_weights(J, K, idx, aw, W, wg);
+  anchor_joint_weights(J, K, idx, aw, W, wg, wg_in);
   blend_transform(J, wg, A, M);
   anchor_point(K, idx, aw, vp, off, p);
   canonical_quat(qg, qc);
@@ -401,11 +411,11 @@ HOST_DEVICE void gaussian_pose_backward(const T* M, const T* p, const T* qc, boo
 // then blend_transform, same order). The caller scatters: gA_j += Wu_j gM, gvp[i_k] += w_k gp,
 // gW[i_k,j] += w_k <A_j, gM>, gaw_k += <vp[i_k], gp> + sum_j W[i_k,j] <A_j, gM>.
 template <typename T, typename I>
-HOST_DEVICE void gaussian_backward(int J, int K, const I* idx, const T* aw, const T* vp, const T* W, const T* A,
-                                   const T* off, const T* qg, bool means_only, const T* gmean, const T* gq,
-                                   T* M, T* p, T* gM, T* gp, T* gqg) {
+HOST_DEVICE void gaussian_backward(int J, int K, const I* idx, const T* aw, const T* vp, const T* W,
+                                   const T* wg_in, const T* A, const T* off, const T* qg, bool means_only,
+                                   const T* gmean, const T* gq, T* M, T* p, T* gM, T* gp, T* gqg) {
   T wg[kMaxJoints], qc[4], gqc[4] = {T(0), T(0), T(0), T(0)};
-  anchor_joint_weights(J, K, idx, aw, W, wg);
+  anchor_joint_weights(J, K, idx, aw, W, wg, wg_in);
   blend_transform(J, wg, A, M);
   anchor_point(K, idx, aw, vp, off, p);
   canonical_quat(qg, qc);

@@ -121,10 +121,12 @@ std::tuple<at::Tensor, at::Tensor> vertices_cpu(const at::Tensor& betas, const a
   auto z = check_vertex_args(betas, rot, A, v_template, shapedirs, posedirs, W);
   int64_t B = z.B, V = z.V, J = z.J;
   auto verts = at::empty({B, V, 3}, betas.options());
-  if (B == 0 || V == 0) return {verts, at::empty({B, V, 3}, betas.options())};
-  auto v_posed = at::matmul(betas, shapedirs.reshape({V * 3, z.S}).t());
-  if (J > 1) v_posed.add_(at::matmul(pose_feature(rot), posedirs));
-  v_posed = (v_posed.reshape({B, V, 3}) + v_template).contiguous();
+  if (B == 0 || V == 0) return {verts, at::zeros({B, V, kVP}, betas.options())};
+  auto v3 = at::matmul(betas, shapedirs.reshape({V * 3, z.S}).t());
+  if (J > 1) v3.add_(at::matmul(pose_feature(rot), posedirs));
+  // padded layout [B,V,kVP] (x, y, z, 0) shared with the CUDA kernels
+  auto v_posed = at::zeros({B, V, kVP}, betas.options());
+  v_posed.narrow(2, 0, 3).copy_(v3.reshape({B, V, 3}) + v_template);
   AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "flame_lbs_cpu", [&] {
     const scalar_t* vp = v_posed.data_ptr<scalar_t>();
     const scalar_t* Wp = W.data_ptr<scalar_t>();
@@ -135,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> vertices_cpu(const at::Tensor& betas, const a
       for (int64_t i = i0; i < i1; ++i) {
         int64_t b = i / V, v = i % V;
         blend_transform((int)J, Wp + v * J, Ap + b * J * 16, M);
-        apply_transform(M, vp + i * 3, out + i * 3);
+        apply_transform(M, vp + i * kVP, out + i * 3);
       }
     });
   });
@@ -151,9 +153,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto v_template_like = at::empty({V, 3}, betas.options());
   auto z = check_vertex_args(betas, rot, A, v_template_like, shapedirs, posedirs, W);
   int64_t B = z.B, J = z.J, S = z.S;
-  check_float_tensor(v_posed, "v_posed", betas.scalar_type(), {B, V, 3});
+  check_float_tensor(v_posed, "v_posed", betas.scalar_type(), {B, V, kVP});
   auto gout = zeros_if_none(grad_verts, {B, V, 3}, betas);
-  auto gvp = grad_vposed.has_value() ? zeros_if_none(grad_vposed, {B, V, 3}, betas).clone()
+  // the pad column of grad_v_posed is ignored
+  auto gvp = grad_vposed.has_value() ? zeros_if_none(grad_vposed, {B, V, kVP}, betas).narrow(2, 0, 3).contiguous()
                                      : at::zeros({B, V, 3}, betas.options());
   auto gM = at::empty({B, V, 12}, betas.options());
   if (B * V > 0) {
@@ -169,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         for (int64_t i = i0; i < i1; ++i) {
           int64_t b = i / V, v = i % V;
           blend_transform((int)J, Wp + v * J, Ap + b * J * 16, M);
-          apply_transform_backward(M, vp + i * 3, go + i * 3, gMp + i * 12, gp);
+          apply_transform_backward(M, vp + i * kVP, go + i * 3, gMp + i * 12, gp);
           for (int c = 0; c < 3; ++c) g[i * 3 + c] += gp[c];
         }
       });

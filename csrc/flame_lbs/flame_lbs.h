@@ -8,12 +8,12 @@
 //     J_dirs = J_regressor shapedirs: no pass over V), Rodrigues, kinematic chain. One block/frame.
 //   flame_lbs(betas [B,S], rot_mats [B,J,3,3], transforms [B,J,4,4], v_template [V,3],
 //             shapedirs [V,3,S], posedirs [(J-1)*9, V*3], lbs_weights [V,J])
-//       -> vertices [B,V,3], v_posed [B,V,3] (shaped + pose-corrected rest vertices)
+//       -> vertices [B,V,3], v_posed [B,V,kVP] (shaped + pose-corrected rest vertices, x y z 0)
 //     One launch: the S-blend of every vertex for all frames (shapedirs read once), correctives,
 //     skinning.
-//   skin_gaussians(v_posed [B,V,3], transforms [B,J,4,4], lbs_weights [V,J], anchor_idx [N,K]
+//   skin_gaussians(v_posed [B,V,kVP], transforms [B,J,4,4], lbs_weights [V,J], anchor_idx [N,K]
 //                  int32|int64, anchor_weights [N,K], offsets [N,3]|[B,N,3]|None,
-//                  quats [N,4]|None, means_only) -> means [B,N,3], quats [B,N,4]
+//                  quats [N,4]|None, means_only, joint_weights [N,J]|None) -> means [B,N,3], quats [B,N,4]
 //   and the matching *_backward ops.
 // Math shared with the CPU path: csrc/common/lbs_math.h. This header is torch-free (.cu files
 // include it): launchers take raw pointers and a stream and return the launch error.
@@ -50,13 +50,14 @@ cudaError_t launch_vertices_bwd(const float* grad_verts, const float* grad_vpose
                                 float* grad_betas, float* grad_rot, float* grad_A, float* grad_vt,
                                 float* grad_sd, float* grad_pd, float* grad_W, cudaStream_t stream);
 
-// offsets: null, [N,3] (offsets_batched=false) or [B,N,3]; quats: null or [N,4].
+// offsets: null, [N,3] (offsets_batched=false) or [B,N,3]; quats: null or [N,4]; wg: null or [N,J]
+// (precomputed anchor joint weights, else gathered from W). v_posed: [B,V,kVP], 16-byte aligned.
 template <typename I>
-cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const float* W, const I* idx,
+cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const float* W, const float* wg, const I* idx,
                                  const float* aw, const float* offsets, bool offsets_batched, const float* quats,
                                  bool means_only, int B, int V, int J, int N, int K, float* means, float* qout,
                                  bool pdl, cudaStream_t stream);
-// grad_means / grad_q may be null. Zero-initialized (caller): grad_vposed [B,V,3], grad_A [B,J,16],
+// grad_means / grad_q may be null. Zero-initialized (caller): grad_vposed [B,V,kVP], grad_A [B,J,16],
 // grad_W [V,J] (null if not needed). Written: grad_aw [N,K] (null if not needed), grad_off (like
 // offsets; null if none), grad_q [N,4] (null if no quats).
 // The Gaussian backward splits the frames into groups of kBwdFrames (grid y); with more than one
@@ -67,7 +68,7 @@ inline bool gaussians_bwd_accumulates(int64_t B) { return B > kBwdFrames; }
 
 template <typename I>
 cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, const float* v_posed, const float* A,
-                                 const float* W, const I* idx, const float* aw, const float* offsets,
+                                 const float* W, const float* wg, const I* idx, const float* aw, const float* offsets,
                                  bool offsets_batched, const float* quats, bool means_only, int B, int V, int J,
                                  int N, int K, float* grad_vposed, float* grad_A, float* grad_W, float* grad_aw,
                                  float* grad_off, float* grad_quats, cudaStream_t stream);

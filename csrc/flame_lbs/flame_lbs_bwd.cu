@@ -107,11 +107,11 @@ __global__ void __launch_bounds__(256) vertices_bwd_kernel(
       const int64_t v = v0 + vl, b = b0 + bt;
       if (valid) {
         float M[12], go[3] = {0.f, 0.f, 0.f};
-        const int64_t o = (b * V + v) * 3;
+        const int64_t o = (b * V + v) * 3, o4 = (b * V + v) * kVP;  // verts [B,V,3], v_posed [B,V,kVP]
         if (gout) for (int c = 0; c < 3; ++c) go[c] = gout[o + c];
         blend_transform(J, W + v * J, s_A + bt * J * 16, M);
-        apply_transform_backward(M, vposed + o, go, gM, gp);
-        if (gvpx) for (int c = 0; c < 3; ++c) gp[c] += gvpx[o + c];
+        apply_transform_backward(M, vposed + o4, go, gM, gp);
+        if (gvpx) for (int c = 0; c < 3; ++c) gp[c] += gvpx[o4 + c];
         for (int c = 0; c < 3; ++c) atomicAdd(s_gvt + vl * 3 + c, gp[c]);
         if (g_W) {
           for (int j = 0; j < J; ++j) {

@@ -96,8 +96,10 @@ struct GaussianSizes {
 inline GaussianSizes check_gaussian_args(const at::Tensor& v_posed, const at::Tensor& A, const at::Tensor& W,
                                          const at::Tensor& idx, const at::Tensor& aw,
                                          const c10::optional<at::Tensor>& offsets,
-                                         const c10::optional<at::Tensor>& quats) {
-  TORCH_CHECK(v_posed.dim() == 3, "v_posed: expected shape [B,V,3], got ", v_posed.sizes());
+                                         const c10::optional<at::Tensor>& quats,
+                                         const c10::optional<at::Tensor>& joint_weights) {
+  TORCH_CHECK(v_posed.dim() == 3, "v_posed: expected shape [B,V,", kVP, "] (flame_lbs' padded v_posed), got ",
+              v_posed.sizes());
   TORCH_CHECK(W.dim() == 2, "lbs_weights: expected shape [V,J], got ", W.sizes());
   TORCH_CHECK(idx.dim() == 2, "anchor_idx: expected shape [N,K], got ", idx.sizes());
   GaussianSizes z{v_posed.size(0), v_posed.size(1), W.size(1), idx.size(0), idx.size(1), false};
@@ -105,7 +107,7 @@ inline GaussianSizes check_gaussian_args(const at::Tensor& v_posed, const at::Te
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "v_posed: expected dtype float32 or float64, got ", dt);
   TORCH_CHECK(z.J >= 1 && z.J <= kMaxJoints, "lbs_weights: expected 1..", kMaxJoints, " joints, got ", z.J);
   TORCH_CHECK(z.K >= 1 && z.K <= 4, "anchor_idx: expected 1..4 anchors per Gaussian, got K=", z.K);
-  check_float_tensor(v_posed, "v_posed", dt, {z.B, z.V, 3});
+  check_float_tensor(v_posed, "v_posed", dt, {z.B, z.V, kVP});
   check_float_tensor(A, "transforms", dt, {z.B, z.J, 4, 4});
   check_float_tensor(W, "lbs_weights", dt, {z.V, z.J});
   TORCH_CHECK(idx.scalar_type() == at::kInt || idx.scalar_type() == at::kLong,
@@ -133,6 +135,10 @@ inline GaussianSizes check_gaussian_args(const at::Tensor& v_posed, const at::Te
     check_float_tensor(*quats, "quats", dt, {z.N, 4});
     check_device(*quats, "quats", v_posed);
   }
+  if (joint_weights.has_value()) {  // sum_k anchor_weights[n,k] lbs_weights[anchor_idx[n,k]], precomputed
+    check_float_tensor(*joint_weights, "joint_weights", dt, {z.N, z.J});
+    check_device(*joint_weights, "joint_weights", v_posed);
+  }
   return z;
 }
 
@@ -141,12 +147,12 @@ std::tuple<at::Tensor, at::Tensor> skin_gaussians_cpu(const at::Tensor& v_posed,
                                                       const at::Tensor& W, const at::Tensor& idx,
                                                       const at::Tensor& aw, const c10::optional<at::Tensor>& offsets,
                                                       const c10::optional<at::Tensor>& quats, bool means_only,
-                                                      bool pdl);
+                                                      bool pdl, const c10::optional<at::Tensor>& joint_weights);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> skin_gaussians_backward_cpu(
     const c10::optional<at::Tensor>& grad_means, const c10::optional<at::Tensor>& grad_quats, const at::Tensor& v_posed,
     const at::Tensor& A, const at::Tensor& W, const at::Tensor& idx, const at::Tensor& aw,
     const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& quats, bool means_only,
-    bool need_W, bool need_aw);
+    bool need_W, bool need_aw, const c10::optional<at::Tensor>& joint_weights);
 
 }  // namespace lbs
 }  // namespace ffa

@@ -15,6 +15,12 @@ void require_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, ": the CUDA kernels take float32, got ", t.scalar_type());
 }
 
+// v_posed rows are gathered as float4 (and grad_v_posed scattered as float4 atomics on sm_90)
+void require_aligned16(const at::Tensor& v_posed) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(v_posed.data_ptr()) % 16 == 0,
+              "v_posed: expected a 16-byte aligned tensor (flame_lbs' output or a copy of it)");
+}
+
 const float* opt_ptr(const c10::optional<at::Tensor>& t, at::IntArrayRef shape, const char* name) {
   if (!t.has_value()) return nullptr;
   TORCH_CHECK(t->sizes() == shape, name, ": expected shape ", shape, ", got ", t->sizes());
@@ -69,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> vertices_cuda(const at::Tensor& betas, const 
   require_float(betas, "betas");
   c10::cuda::CUDAGuard guard(betas.device());
   auto verts = at::empty({z.B, z.V, 3}, betas.options());
-  auto v_posed = at::empty({z.B, z.V, 3}, betas.options());
+  auto v_posed = at::empty({z.B, z.V, kVP}, betas.options());  // pad column written by the kernel
   FFA_CHECK_CUDA(launch_vertices_fwd(betas.data_ptr<float>(), rot.data_ptr<float>(), A.data_ptr<float>(),
                                      v_template.data_ptr<float>(), shapedirs.data_ptr<float>(),
                                      posedirs.data_ptr<float>(), W.data_ptr<float>(), (int)z.B, (int)z.V, (int)z.J,
@@ -88,10 +94,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto vt_like = at::empty({V, 3}, betas.options());
   auto z = check_vertex_args(betas, rot, A, vt_like, shapedirs, posedirs, W);
   require_float(betas, "betas");
-  check_float_tensor(v_posed, "v_posed", at::kFloat, {z.B, V, 3});
+  check_float_tensor(v_posed, "v_posed", at::kFloat, {z.B, V, kVP});
   c10::cuda::CUDAGuard guard(betas.device());
   const float* go = opt_ptr(grad_verts, {z.B, V, 3}, "grad_vertices");
-  const float* gx = opt_ptr(grad_vposed, {z.B, V, 3}, "grad_v_posed");
+  const float* gx = opt_ptr(grad_vposed, {z.B, V, kVP}, "grad_v_posed");  // pad column ignored
   auto o = betas.options();
   auto grad_betas = at::zeros_like(betas);
   auto grad_rot = at::zeros_like(rot);
@@ -120,9 +126,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor> gaussians_cuda(const at::Tensor& v_posed, const at::Tensor& A, const at::Tensor& W,
                                                   const at::Tensor& idx, const at::Tensor& aw,
                                                   const c10::optional<at::Tensor>& offsets,
-                                                  const c10::optional<at::Tensor>& quats, bool means_only, bool pdl) {
-  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats);
+                                                  const c10::optional<at::Tensor>& quats, bool means_only, bool pdl,
+                                                  const c10::optional<at::Tensor>& joint_weights) {
+  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats, joint_weights);
   require_float(v_posed, "v_posed");
+  require_aligned16(v_posed);
+  const float* wg = joint_weights.has_value() ? joint_weights->data_ptr<float>() : nullptr;
   c10::cuda::CUDAGuard guard(v_posed.device());
   auto means = at::empty({z.B, z.N, 3}, v_posed.options());
   auto qout = at::empty({z.B, z.N, 4}, v_posed.options());
@@ -131,12 +140,12 @@ std::tuple<at::Tensor, at::Tensor> gaussians_cuda(const at::Tensor& v_posed, con
   auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t err;
   if (idx.scalar_type() == at::kInt)
-    err = launch_gaussians_fwd<int32_t>(v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(),
+    err = launch_gaussians_fwd<int32_t>(v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(), wg,
                                         idx.data_ptr<int32_t>(), aw.data_ptr<float>(), off, z.offsets_batched, q,
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
                                         means.data_ptr<float>(), qout.data_ptr<float>(), pdl, stream);
   else
-    err = launch_gaussians_fwd<int64_t>(v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(),
+    err = launch_gaussians_fwd<int64_t>(v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(), wg,
                                         idx.data_ptr<int64_t>(), aw.data_ptr<float>(), off, z.offsets_batched, q,
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
                                         means.data_ptr<float>(), qout.data_ptr<float>(), pdl, stream);
@@ -148,9 +157,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& grad_means, const c10::optional<at::Tensor>& grad_quats, const at::Tensor& v_posed,
     const at::Tensor& A, const at::Tensor& W, const at::Tensor& idx, const at::Tensor& aw,
     const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& quats, bool means_only, bool need_W,
-    bool need_aw) {
-  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats);
+    bool need_aw, const c10::optional<at::Tensor>& joint_weights) {
+  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats, joint_weights);
   require_float(v_posed, "v_posed");
+  require_aligned16(v_posed);
+  const float* wg = joint_weights.has_value() ? joint_weights->data_ptr<float>() : nullptr;
   c10::cuda::CUDAGuard guard(v_posed.device());
   const float* gm = opt_ptr(grad_means, {z.B, z.N, 3}, "grad_means");
   const float* gq = opt_ptr(grad_quats, {z.B, z.N, 4}, "grad_quats");
@@ -174,13 +185,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto stream = c10::cuda::getCurrentCUDAStream();
   cudaError_t err;
   if (idx.scalar_type() == at::kInt)
-    err = launch_gaussians_bwd<int32_t>(gm, gq, v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(),
+    err = launch_gaussians_bwd<int32_t>(gm, gq, v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(), wg,
                                         idx.data_ptr<int32_t>(), aw.data_ptr<float>(), off, z.offsets_batched, q,
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
                                         grad_vp.data_ptr<float>(), grad_A.data_ptr<float>(), p_gW, p_gaw, p_goff, p_gq,
                                         stream);
   else
-    err = launch_gaussians_bwd<int64_t>(gm, gq, v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(),
+    err = launch_gaussians_bwd<int64_t>(gm, gq, v_posed.data_ptr<float>(), A.data_ptr<float>(), W.data_ptr<float>(), wg,
                                         idx.data_ptr<int64_t>(), aw.data_ptr<float>(), off, z.offsets_batched, q,
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
                                         grad_vp.data_ptr<float>(), grad_A.data_ptr<float>(), p_gW, p_gaw, p_goff, p_gq,

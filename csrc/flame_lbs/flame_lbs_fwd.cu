@@ -146,12 +146,13 @@ __device__ __forceinline__ void finish_vertex(float (&acc)[BT][3], const float* 
     f = lane < BT ? lane : -1;
   }
   if (f >= 0 && f < nb) {
-    const int64_t o = ((int64_t)(b0 + f) * V + v) * 3;
+    const int64_t r = (int64_t)(b0 + f) * V + v;
     float p[3], M[12], out[3];
     for (int c = 0; c < 3; ++c) p[c] = vt[(int64_t)v * 3 + c] + mine[c];
     blend_transform(J, W + (int64_t)v * J, s_A + f * J * 16, M);
     apply_transform(M, p, out);
-    for (int c = 0; c < 3; ++c) { v_posed[o + c] = p[c]; verts[o + c] = out[c]; }
+    reinterpret_cast<float4*>(v_posed)[r] = make_float4(p[0], p[1], p[2], 0.f);  // [B,V,kVP]
+    for (int c = 0; c < 3; ++c) verts[r * 3 + c] = out[c];
   }
 }
 
@@ -230,15 +231,17 @@ cudaError_t launch_vertices_bt(const float* betas, const float* rot, const float
 }
 
 // One thread per (Gaussian, group of kGaussFrames frames); grid (ceil(N/256), ceil(B/kGaussFrames)).
-// Per Gaussian, once for its frames: anchors (KT, compile-time), joint weights wg [J] (the K*J
-// gathers of lbs_weights), canonical quaternion. Per frame: M = sum_j wg_j A_j (A of the block's
-// frames in smem, broadcast reads), the anchored point (K*3 gathers of v_posed), Shepperd, stores
-// (lanes = consecutive Gaussians: coalesced; quats as float4). JT: joint count bound (registers).
+// Per Gaussian, once for its frames: anchors (KT, compile-time), joint weights wg [J] (one
+// coalesced row of the cached joint_weights, or the K*J gathers of lbs_weights), canonical
+// quaternion. Per frame: M = sum_j wg_j A_j (A of the block's frames in smem, broadcast reads), the
+// anchored point (K float4 gathers of v_posed), Shepperd, stores (lanes = consecutive Gaussians:
+// coalesced; quats as float4). JT: joint count bound (registers).
 constexpr int kGaussFrames = 4;
 
 template <typename I, int KT, int JT>
 __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restrict__ v_posed, const float* __restrict__ A,
-                                     const float* __restrict__ W, const I* __restrict__ idx,
+                                     const float* __restrict__ W, const float* __restrict__ wgp,
+                                     const I* __restrict__ idx,
                                      const float* __restrict__ aw, const float* __restrict__ off, bool off_batched,
                                      const float* __restrict__ quats, bool means_only, int B, int V, int J, int N,
                                      float* __restrict__ means, float* __restrict__ qout) {
@@ -254,15 +257,7 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
     id[k] = valid ? idx[n * KT + k] : I(0);
     w[k] = valid ? aw[n * KT + k] : 0.f;
   }
-#pragma unroll
-  for (int j = 0; j < JT; ++j) wg[j] = 0.f;
-#pragma unroll
-  for (int k = 0; k < KT; ++k) {  // same order as anchor_joint_weights (CPU path)
-    const float* Wk = W + (int64_t)id[k] * J;
-#pragma unroll
-    for (int j = 0; j < JT; ++j)
-      if (j < J && valid) wg[j] += w[k] * __ldg(Wk + j);
-  }
+  gaussian_joint_weights<KT, JT>(wgp ? wgp + n * J : nullptr, W, id, w, J, valid, wg);
   canonical_quat(valid && quats ? quats + n * 4 : nullptr, qc);
   pdl_wait();  // v_posed (vertex kernel) and A (joints kernel, finished before it)
   fill_smem(s_A, nb * J * 16, [&](int e) { return A[(int64_t)b0 * J * 16 + e]; });
@@ -285,7 +280,7 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
         }
       }
     }
-    anchor_point(KT, id, w, v_posed + b * V * 3, off ? off + (off_batched ? i : n) * 3 : nullptr, p);
+    anchor_point4<KT>(id, w, v_posed + b * V * kVP, off ? off + (off_batched ? i : n) * 3 : nullptr, p);
     gaussian_pose(M, p, qc, means_only, m, q);
     for (int c = 0; c < 3; ++c) means[i * 3 + c] = m[c];
     reinterpret_cast<float4*>(qout)[i] = make_float4(q[0], q[1], q[2], q[3]);
@@ -293,15 +288,16 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
 }
 
 template <typename I, int KT>
-cudaError_t launch_gaussians_k(const float* v_posed, const float* A, const float* W, const I* idx, const float* aw,
+cudaError_t launch_gaussians_k(const float* v_posed, const float* A, const float* W, const float* wg, const I* idx,
+                               const float* aw,
                                const float* offsets, bool offsets_batched, const float* quats, bool means_only,
                                int B, int V, int J, int N, float* means, float* qout, bool pdl, cudaStream_t stream) {
   const int threads = 256;
   cudaError_t err;
   dim3 grid((N + threads - 1) / threads, (B + kGaussFrames - 1) / kGaussFrames);
 #define FFA_LBS_GFWD(JT)                                                                                       \
-  err = launch_pdl(pdl, gaussians_fwd_kernel<I, KT, JT>, grid, dim3(threads), 0, stream, v_posed, A, W, idx, aw, offsets, \
-                   offsets_batched, quats, means_only, B, V, J, N, means, qout)
+  err = launch_pdl(pdl, gaussians_fwd_kernel<I, KT, JT>, grid, dim3(threads), 0, stream, v_posed, A, W, wg, idx, aw, \
+                   offsets, offsets_batched, quats, means_only, B, V, J, N, means, qout)
   if (J <= 8) FFA_LBS_GFWD(8);
   else if (J <= 32) FFA_LBS_GFWD(32);
   else FFA_LBS_GFWD(kMaxJoints);
@@ -336,14 +332,14 @@ cudaError_t launch_vertices_fwd(const float* betas, const float* rot, const floa
 }
 
 template <typename I>
-cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const float* W, const I* idx, const float* aw,
-                                 const float* offsets, bool offsets_batched, const float* quats, bool means_only,
+cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const float* W, const float* wg, const I* idx,
+                                 const float* aw, const float* offsets, bool offsets_batched, const float* quats, bool means_only,
                                  int B, int V, int J, int N, int K, float* means, float* qout, bool pdl,
                                  cudaStream_t stream) {
   if (B == 0 || N == 0) return cudaSuccess;
   if (J > kMaxJoints) return cudaErrorInvalidValue;
 #define FFA_LBS_GK(KT) \
-  launch_gaussians_k<I, KT>(v_posed, A, W, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, N, means, qout, \
+  launch_gaussians_k<I, KT>(v_posed, A, W, wg, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, N, means, qout, \
                             pdl, stream)
   switch (K) {
     case 1: return FFA_LBS_GK(1);
@@ -355,10 +351,10 @@ cudaError_t launch_gaussians_fwd(const float* v_posed, const float* A, const flo
 #undef FFA_LBS_GK
 }
 
-template cudaError_t launch_gaussians_fwd<int32_t>(const float*, const float*, const float*, const int32_t*,
+template cudaError_t launch_gaussians_fwd<int32_t>(const float*, const float*, const float*, const float*, const int32_t*,
                                                    const float*, const float*, bool, const float*, bool, int, int,
                                                    int, int, int, float*, float*, bool, cudaStream_t);
-template cudaError_t launch_gaussians_fwd<int64_t>(const float*, const float*, const float*, const int64_t*,
+template cudaError_t launch_gaussians_fwd<int64_t>(const float*, const float*, const float*, const float*, const int64_t*,
                                                    const float*, const float*, bool, const float*, bool, int, int,
                                                    int, int, int, float*, float*, bool, cudaStream_t);
 

@@ -1,10 +1,11 @@
 // CUDA backward of skin_gaussians (torch-free). One thread per (Gaussian, group of kBwdFrames
 // frames); grid (ceil(N/256), ceil(B/kBwdFrames)), the same split as the forward.
 //
-// Per Gaussian, once per thread: anchors (KT, compile-time), joint weights wg = sum_k w_k W[i_k]
-// (the forward's order, so M is bit-identical to the forward's), canonical quaternion. Per frame: M
-// from the frame's A in shared memory, the anchored point (K*3 gathers of v_posed), the pose backward
-// (lbs_math.h), scatter of w_k gp into grad_v_posed (atomics), and grad_A_j += wg_j gM reduced over
+// Per Gaussian, once per thread: anchors (KT, compile-time), joint weights wg (the cached row, or
+// sum_k w_k W[i_k] in the forward's order, so M is bit-identical to the forward's), canonical
+// quaternion. Per frame: M from the frame's A in shared memory, the anchored point (K float4 gathers
+// of v_posed), the pose backward (lbs_math.h), scatter of w_k gp into grad_v_posed (one float4
+// atomic per anchor on sm_90), and grad_A_j += wg_j gM reduced over
 // the warp through shared memory: each lane stages gM [12] (wg [J] is staged once), then lane l sums
 // output (j, e) = divmod(o, 12) for o = l, l+32, ... over the 32 staged rows and adds it into the
 // block's grad_A accumulator (shared atomics), which goes to global memory once per block. That is
@@ -27,7 +28,8 @@ constexpr int kGMStride = 13;  // staged gM row (12 + 1 pad)
 template <typename I, int KT, int JT>
 __global__ void __launch_bounds__(kThreads, 2) gaussians_bwd_kernel(
     const float* __restrict__ gmeans, const float* __restrict__ gquats, const float* __restrict__ vposed,
-    const float* __restrict__ A, const float* __restrict__ W, const I* __restrict__ idx, const float* __restrict__ aw,
+    const float* __restrict__ A, const float* __restrict__ W, const float* __restrict__ wgp, const I* __restrict__ idx,
+    const float* __restrict__ aw,
     const float* __restrict__ off, bool off_batched, const float* __restrict__ quats, bool means_only, int B, int V,
     int J, int N, float* __restrict__ g_vp, float* __restrict__ g_A, float* __restrict__ g_W,
     float* __restrict__ g_aw, float* __restrict__ g_off, float* __restrict__ g_q) {
@@ -53,14 +55,8 @@ __global__ void __launch_bounds__(kThreads, 2) gaussians_bwd_kernel(
     gaw[k] = 0.f;
   }
 #pragma unroll
-  for (int j = 0; j < JT; ++j) { wg[j] = 0.f; gWu[j] = 0.f; }
-#pragma unroll
-  for (int k = 0; k < KT; ++k) {  // same order as anchor_joint_weights (forward)
-    const float* Wk = W + (int64_t)id[k] * J;
-#pragma unroll
-    for (int j = 0; j < JT; ++j)
-      if (j < J && valid) wg[j] += w[k] * __ldg(Wk + j);
-  }
+  for (int j = 0; j < JT; ++j) gWu[j] = 0.f;
+  gaussian_joint_weights<KT, JT>(wgp ? wgp + n * J : nullptr, W, id, w, J, valid, wg);
   canonical_quat(valid && quats ? quats + n * 4 : nullptr, qc);
   float* my_wg = s_wg + (warp * kWarp + lane) * (J + 1);
 #pragma unroll
@@ -92,14 +88,14 @@ __global__ void __launch_bounds__(kThreads, 2) gaussians_bwd_kernel(
           }
         }
       }
-      const float* vpb = vposed + b * V * 3;
-      anchor_point(KT, id, w, vpb, off ? off + (off_batched ? i : n) * 3 : nullptr, p);
+      const float* vpb = vposed + b * V * kVP;
+      anchor_point4<KT>(id, w, vpb, off ? off + (off_batched ? i : n) * 3 : nullptr, p);
       if (gmeans) for (int c = 0; c < 3; ++c) gm[c] = gmeans[i * 3 + c];
       if (gquats) for (int c = 0; c < 4; ++c) gq[c] = gquats[i * 4 + c];
       gaussian_pose_backward(M, p, qc, means_only, gm, gq, gM, gp, gqc);
 #pragma unroll
       for (int j = 0; j < JT; ++j) {
-        if (j < J) {
+        if (j < J && (g_aw || g_W)) {  // <A_j, gM>: only for the lbs_weights / anchor_weights gradients
           float d = 0.f;
 #pragma unroll
           for (int e = 0; e < 12; ++e) d += Ab[j * 16 + e] * gM[e];
@@ -108,10 +104,11 @@ __global__ void __launch_bounds__(kThreads, 2) gaussians_bwd_kernel(
       }
 #pragma unroll
       for (int k = 0; k < KT; ++k) {
-        const float* v = vpb + (int64_t)id[k] * 3;
-        gaw[k] += v[0] * gp[0] + v[1] * gp[1] + v[2] * gp[2];
-        float* dst = g_vp + ((int64_t)b * V + id[k]) * 3;
-        for (int c = 0; c < 3; ++c) atomicAdd(dst + c, w[k] * gp[c]);
+        if (g_aw) {
+          const float4 v = __ldg(reinterpret_cast<const float4*>(vpb) + id[k]);
+          gaw[k] += v.x * gp[0] + v.y * gp[1] + v.z * gp[2];
+        }
+        atomic_add_row4(g_vp, (int64_t)b * V + id[k], w[k] * gp[0], w[k] * gp[1], w[k] * gp[2]);
       }
       if (g_off) {
         if (off_batched) for (int c = 0; c < 3; ++c) g_off[i * 3 + c] = gp[c];
@@ -132,7 +129,7 @@ __global__ void __launch_bounds__(kThreads, 2) gaussians_bwd_kernel(
     __syncwarp();
   }
 
-  if (valid) {
+  if (valid && (g_aw || g_W)) {
 #pragma unroll
     for (int k = 0; k < KT; ++k) {
       const float* Wk = W + (int64_t)id[k] * J;
@@ -149,6 +146,8 @@ __global__ void __launch_bounds__(kThreads, 2) gaussians_bwd_kernel(
         else g_aw[n * KT + k] = acc;
       }
     }
+  }
+  if (valid) {
     if (g_off && !off_batched) {
       for (int c = 0; c < 3; ++c) {
         if (accumulate) atomicAdd(g_off + n * 3 + c, goff[c]);
@@ -173,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 2) gaussians_bwd_kernel(
 
 template <typename I, int KT>
 cudaError_t launch_k(const float* gm, const float* gq, const float* v_posed, const float* A, const float* W,
-                     const I* idx, const float* aw, const float* off, bool off_batched, const float* quats,
+                     const float* wg, const I* idx, const float* aw, const float* off, bool off_batched, const float* quats,
                      bool means_only, int B, int V, int J, int N, float* g_vp, float* g_A, float* g_W, float* g_aw,
                      float* g_off, float* g_q, cudaStream_t stream) {
   dim3 grid((N + kThreads - 1) / kThreads, (B + kBwdFrames - 1) / kBwdFrames);
@@ -185,7 +184,7 @@ cudaError_t launch_k(const float* gm, const float* gq, const float* v_posed, con
     if (smem > 48 * 1024)                                                                                        \
       FFA_RETURN_IF_CUDA_ERROR(                                                                                  \
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));                 \
-    kernel<<<grid, kThreads, smem, stream>>>(gm, gq, v_posed, A, W, idx, aw, off, off_batched, quats, means_only, \
+    kernel<<<grid, kThreads, smem, stream>>>(gm, gq, v_posed, A, W, wg, idx, aw, off, off_batched, quats, means_only, \
                                             B, V, J, N, g_vp, g_A, g_W, g_aw, g_off, g_q);                     \
   } while (0)
   if (J <= 8) FFA_LBS_GBWD(8);
@@ -199,14 +198,14 @@ cudaError_t launch_k(const float* gm, const float* gq, const float* v_posed, con
 
 template <typename I>
 cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, const float* v_posed, const float* A,
-                                 const float* W, const I* idx, const float* aw, const float* offsets,
-                                 bool offsets_batched, const float* quats, bool means_only, int B, int V, int J,
-                                 int N, int K, float* grad_vposed, float* grad_A, float* grad_W, float* grad_aw,
+                                 const float* W, const float* wg, const I* idx, const float* aw,
+                                 const float* offsets, bool offsets_batched, const float* quats, bool means_only,
+                                 int B, int V, int J, int N, int K, float* grad_vposed, float* grad_A, float* grad_W, float* grad_aw,
                                  float* grad_off, float* grad_quats, cudaStream_t stream) {
   if (B == 0 || N == 0) return cudaSuccess;
   if (J > kMaxJoints) return cudaErrorInvalidValue;
 #define FFA_LBS_GBK(KT)                                                                                          \
-  launch_k<I, KT>(grad_means, grad_q, v_posed, A, W, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, \
+  launch_k<I, KT>(grad_means, grad_q, v_posed, A, W, wg, idx, aw, offsets, offsets_batched, quats, means_only, B, V, J, \
                   N, grad_vposed, grad_A, grad_W, grad_aw, grad_off, grad_quats, stream)
   switch (K) {
     case 1: return FFA_LBS_GBK(1);
@@ -219,11 +218,11 @@ cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, c
 }
 
 template cudaError_t launch_gaussians_bwd<int32_t>(const float*, const float*, const float*, const float*,
-                                                   const float*, const int32_t*, const float*, const float*, bool,
+                                                   const float*, const float*, const int32_t*, const float*, const float*, bool,
                                                    const float*, bool, int, int, int, int, int, float*, float*,
                                                    float*, float*, float*, float*, cudaStream_t);
 template cudaError_t launch_gaussians_bwd<int64_t>(const float*, const float*, const float*, const float*,
-                                                   const float*, const int64_t*, const float*, const float*, bool,
+                                                   const float*, const float*, const int64_t*, const float*, const float*, bool,
                                                    const float*, bool, int, int, int, int, int, float*, float*,
                                                    float*, float*, float*, float*, cudaStream_t);
 

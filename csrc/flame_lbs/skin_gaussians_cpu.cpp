@@ -14,8 +14,8 @@ std::tuple<at::Tensor, at::Tensor> skin_gaussians_cpu(const at::Tensor& v_posed,
                                                       const at::Tensor& W, const at::Tensor& idx,
                                                       const at::Tensor& aw, const c10::optional<at::Tensor>& offsets,
                                                       const c10::optional<at::Tensor>& quats, bool means_only,
-                                                      bool /*pdl*/) {
-  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats);
+                                                      bool /*pdl*/, const c10::optional<at::Tensor>& joint_weights) {
+  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats, joint_weights);
   int64_t B = z.B, N = z.N, J = z.J, K = z.K, V = z.V;
   auto means = at::empty({B, N, 3}, v_posed.options());
   auto qout = at::empty({B, N, 4}, v_posed.options());
@@ -30,14 +30,15 @@ std::tuple<at::Tensor, at::Tensor> skin_gaussians_cpu(const at::Tensor& v_posed,
       const T* awp = aw.data_ptr<T>();
       const T* off = offsets.has_value() ? offsets->data_ptr<T>() : nullptr;
       const T* qg = quats.has_value() ? quats->data_ptr<T>() : nullptr;
+      const T* wgp = joint_weights.has_value() ? joint_weights->data_ptr<T>() : nullptr;
       T* mo = means.data_ptr<T>();
       T* qo = qout.data_ptr<T>();
       at::parallel_for(0, B * N, 256, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           int64_t b = i / N, n = i % N;
           const T* o = off ? off + (z.offsets_batched ? i : n) * 3 : nullptr;
-          gaussian_forward((int)J, (int)K, ip + n * K, awp + n * K, vp + b * V * 3, Wp, Ap + b * J * 16, o,
-                           qg ? qg + n * 4 : nullptr, means_only, mo + i * 3, qo + i * 4);
+          gaussian_forward((int)J, (int)K, ip + n * K, awp + n * K, vp + b * V * kVP, Wp, wgp ? wgp + n * J : nullptr,
+                           Ap + b * J * 16, o, qg ? qg + n * 4 : nullptr, means_only, mo + i * 3, qo + i * 4);
         }
       });
     });
@@ -49,8 +50,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& grad_means, const c10::optional<at::Tensor>& grad_quats, const at::Tensor& v_posed,
     const at::Tensor& A, const at::Tensor& W, const at::Tensor& idx, const at::Tensor& aw,
     const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& quats, bool means_only,
-    bool need_W, bool need_aw) {
-  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats);
+    bool need_W, bool need_aw, const c10::optional<at::Tensor>& joint_weights) {
+  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats, joint_weights);
   int64_t B = z.B, N = z.N, J = z.J, K = z.K, V = z.V;
   auto opts = v_posed.options();
   auto gmean = grad_means.has_value() ? grad_means->contiguous() : at::zeros({B, N, 3}, opts);
@@ -58,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(gmean.sizes() == at::IntArrayRef({B, N, 3}), "grad_means: expected [B,N,3], got ", gmean.sizes());
   TORCH_CHECK(gq.sizes() == at::IntArrayRef({B, N, 4}), "grad_quats: expected [B,N,4], got ", gq.sizes());
   int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (N + 2047) / 2048));
-  auto part_vp = at::zeros({nchunks, B, V, 3}, opts);
+  auto part_vp = at::zeros({nchunks, B, V, kVP}, opts);  // pad column stays 0
   auto part_A = at::zeros({nchunks, B, J, 16}, opts);
   auto part_W = need_W ? at::zeros({nchunks, V, J}, opts) : at::empty({0}, opts);
   auto grad_aw = need_aw ? at::empty({N, K}, opts) : at::empty({0}, opts);
@@ -75,6 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         const T* awp = aw.data_ptr<T>();
         const T* off = offsets.has_value() ? offsets->data_ptr<T>() : nullptr;
         const T* qg = quats.has_value() ? quats->data_ptr<T>() : nullptr;
+        const T* wgp = joint_weights.has_value() ? joint_weights->data_ptr<T>() : nullptr;
         const T* gmp = gmean.data_ptr<T>();
         const T* gqp = gq.data_ptr<T>();
         T* pvp = part_vp.data_ptr<T>();
@@ -87,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
           std::vector<T> AgM(J);
           for (int64_t ch = c0; ch < c1; ++ch) {
-            T* cvp = pvp + ch * B * V * 3;
+            T* cvp = pvp + ch * B * V * kVP;
             T* cA = pA + ch * B * J * 16;
             T* cW = pW ? pW + ch * V * J : nullptr;
             for (int64_t n = ch * per; n < std::min(N, (ch + 1) * per); ++n) {
@@ -99,10 +101,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                 int64_t i = b * N + n;
                 const T* o = off ? off + (z.offsets_batched ? i : n) * 3 : nullptr;
                 const T* Ab = Ap + b * J * 16;
-                const T* vpb = vp + b * V * 3;
+                const T* vpb = vp + b * V * kVP;
                 T M[12], p[3], gM[12], gp[3];
-                gaussian_backward((int)J, (int)K, in, an, vpb, Wp, Ab, o, qg ? qg + n * 4 : nullptr, means_only,
-                                  gmp + i * 3, gqp + i * 4, M, p, gM, gp, gq_loc);
+                gaussian_backward((int)J, (int)K, in, an, vpb, Wp, wgp ? wgp + n * J : nullptr, Ab, o,
+                                  qg ? qg + n * 4 : nullptr, means_only, gmp + i * 3, gqp + i * 4, M, p, gM, gp,
+                                  gq_loc);
                 for (int64_t j = 0; j < J; ++j) {
                   T s = 0;
                   for (int e = 0; e < 12; ++e) s += Ab[j * 16 + e] * gM[e];
@@ -111,8 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                 for (int64_t k = 0; k < K; ++k) {
                   int64_t v = in[k];
                   const T* Wv = Wp + v * J;
-                  T acc = vpb[v * 3] * gp[0] + vpb[v * 3 + 1] * gp[1] + vpb[v * 3 + 2] * gp[2];
-                  for (int c = 0; c < 3; ++c) cvp[(b * V + v) * 3 + c] += an[k] * gp[c];
+                  T acc = vpb[v * kVP] * gp[0] + vpb[v * kVP + 1] * gp[1] + vpb[v * kVP + 2] * gp[2];
+                  for (int c = 0; c < 3; ++c) cvp[(b * V + v) * kVP + c] += an[k] * gp[c];
                   for (int64_t j = 0; j < J; ++j) {
                     acc += Wv[j] * AgM[j];
                     T c = an[k] * Wv[j];
