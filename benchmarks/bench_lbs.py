@@ -109,6 +109,12 @@ def test_bench_lbs(benchmark, B, what):
             info["ours_fwd_graph_nopdl_us"], _ = _graph_us(impls["ours"])
         finally:
             del os.environ["FFAVATAR_NO_PDL"]
+        if what == "gaussians" and B == 1:  # A/B of the fused one-frame kernel (flame_skin_gaussians)
+            os.environ["FFAVATAR_NO_FUSED"] = "1"
+            try:
+                info["ours_fwd_graph_nofused_us"], _ = _graph_us(impls["ours"])
+            finally:
+                del os.environ["FFAVATAR_NO_FUSED"]
         info["ours_fwd_graph_us"], graph = _graph_us(impls["ours"])
         for name, fn in impls.items():
             info[f"{name}_fwd_us"] = _events_us(fn)

@@ -42,6 +42,14 @@ TORCH_LIBRARY(ffavatar, m) {
         "Tensor grad_offsets, Tensor grad_quats)");
 
 
+  // Fused one-frame forward of skin_gaussians (B = 1, J <= 8, no autograd; CUDA kernel, CPU = the
+  // composition of the three ops above): joints, v_posed and the Gaussians in one cooperative launch.
+  // ffavatar_kernels.skin_gaussians takes this path for one frame when no input requires grad.
+  m.def("flame_skin_gaussians(Tensor betas, Tensor pose, Tensor J_template, Tensor J_dirs, int[] parents, "
+        "Tensor v_template, Tensor shapedirs, Tensor posedirs, Tensor lbs_weights, Tensor anchor_idx, "
+        "Tensor anchor_weights, Tensor? joint_weights, Tensor? offsets, Tensor? quats, bool means_only) "
+        "-> (Tensor means, Tensor quats_out)");
+
   // ---- rasterize (csrc/rasterize) -------------------------------------------------------------
   // Five ops composed by ffavatar_kernels/rasterize.py (shapes: csrc/rasterize/rasterize.h).
   m.def("rasterize_project(Tensor means, Tensor quats, Tensor scales, Tensor opacities, Tensor viewmats, "

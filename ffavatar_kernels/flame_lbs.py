@@ -26,6 +26,7 @@ CPU only (on CUDA the check would cost a host sync per call).
 """
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
@@ -78,6 +79,25 @@ def _gauss_bwd_fake(g_means, g_quats, v_posed, A, W, idx, aw, offsets, quats, me
             torch.empty_like(W) if need_W else e, torch.empty_like(aw) if need_aw else e,
             torch.empty_like(offsets) if offsets is not None else e,
             torch.empty_like(quats) if quats is not None else e)
+
+
+def _fused_fake(betas, pose, J_template, J_dirs, parents, v_template, shapedirs, posedirs, lbs_weights,
+                anchor_idx, anchor_weights, joint_weights, offsets, quats, means_only):
+    N = anchor_idx.shape[0]
+    return betas.new_empty(1, N, 3), betas.new_empty(1, N, 4)
+
+
+def _fused_cpu(betas, pose, J_template, J_dirs, parents, v_template, shapedirs, posedirs, lbs_weights,
+               anchor_idx, anchor_weights, joint_weights, offsets, quats, means_only):
+    """CPU kernel of flame_skin_gaussians: the three ops it fuses on CUDA, with the same checks."""
+    if betas.dim() != 2 or betas.shape[0] != 1:
+        raise RuntimeError(f"flame_skin_gaussians: one frame (betas [1,S]), got {list(betas.shape)}")
+    if J_template.shape[0] > _FUSED_MAX_JOINTS:
+        raise RuntimeError(f"flame_skin_gaussians: at most {_FUSED_MAX_JOINTS} joints, got J={J_template.shape[0]}")
+    rot, _, A = _ops.flame_lbs_joints(betas, pose, J_template, J_dirs, parents)
+    _, v_posed = _ops.flame_lbs(betas, rot, A, v_template, shapedirs, posedirs, lbs_weights)
+    return _ops.skin_gaussians(v_posed, A, lbs_weights, anchor_idx, anchor_weights, offsets, quats, means_only,
+                               False, joint_weights)
 
 
 # ---- autograd ------------------------------------------------------------------------------------
@@ -146,6 +166,8 @@ def _gauss_backward(ctx, g_means, g_quats):
 def _register() -> None:
     for name, fn in (("flame_lbs_joints", _joints_fake), ("flame_lbs_joints_backward", _joints_bwd_fake), ("flame_lbs", _verts_fake), ("flame_lbs_backward", _verts_bwd_fake), ("skin_gaussians", _gauss_fake), ("skin_gaussians_backward", _gauss_bwd_fake)):
         torch.library.register_fake(f"{_LIB}::{name}", fn)
+    torch.library.register_fake(f"{_LIB}::flame_skin_gaussians", _fused_fake)
+    torch.library.register_kernel(f"{_LIB}::flame_skin_gaussians", "cpu", _fused_cpu)
     for name, bwd, setup in (("flame_lbs_joints", _joints_backward, _joints_setup), ("flame_lbs", _verts_backward, _verts_setup), ("skin_gaussians", _gauss_backward, _gauss_setup)):
         torch.library.register_autograd(f"{_LIB}::{name}", bwd, setup_context=setup)
 
@@ -314,6 +336,29 @@ def _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, l
     return verts, v_posed, joints, A, lbs_weights
 
 
+_FUSED_MAX_JOINTS = 8  # kFusedMaxJoints (flame_lbs.h)
+
+
+def _use_fused(betas, J: int, tensors) -> bool:
+    """One frame on CUDA, no gradient needed, not under torch.compile, FFAVATAR_NO_FUSED unset: the
+    fused flame_skin_gaussians op (one launch instead of three)."""
+    if betas.shape[0] != 1 or not betas.is_cuda or J > _FUSED_MAX_JOINTS or torch.compiler.is_compiling():
+        return False
+    if os.environ.get("FFAVATAR_NO_FUSED", "0") not in ("", "0"):
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+def _run_fused(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights, anchor_idx,
+               anchor_weights, wg, offsets, quats, means_only):
+    betas, v_template, shapedirs, posedirs, lbs_weights = (
+        t.contiguous() for t in (betas, v_template, shapedirs, posedirs, lbs_weights))
+    J_template, J_dirs = _joint_products(J_regressor.contiguous(), v_template, shapedirs)
+    args = (betas, pose_k, J_template, J_dirs, par, v_template, shapedirs, posedirs, lbs_weights, anchor_idx,
+            anchor_weights, wg, offsets, quats, bool(means_only))
+    return _autograd.call(_ops.flame_skin_gaussians, None, (), args)
+
+
 def flame_lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, *,
               return_transforms=False):
     """FLAME / SMPL linear blend skinning with the smplx ``lbs`` contract, fused kernels.
@@ -386,6 +431,10 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
     anchor_idx, anchor_weights = anchor_idx.contiguous(), anchor_weights.contiguous()
     # before the first launch: the Gaussian kernel reads it before its PDL wait (see _run_lbs)
     wg = _anchor_joint_weights(lbs_weights, anchor_idx, anchor_weights)
+    if _use_fused(betas, len(par), (betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights,
+                                    anchor_weights, offsets, quats)):
+        return _run_fused(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights,
+                          anchor_idx, anchor_weights, wg, offsets, quats, means_only)
     _, v_posed, _, A, W = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par,
                                    lbs_weights)
     args = (v_posed, A, W, anchor_idx, anchor_weights, offsets, quats, bool(means_only), v_posed.is_cuda, wg)

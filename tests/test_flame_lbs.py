@@ -1,6 +1,8 @@
 """flame_lbs / skin_gaussians: CPU and CUDA kernels vs the float64 reference twin, gradients,
 gradcheck, opcheck, bad inputs, empty inputs, the expression-only fast path."""
 import importlib
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -398,6 +400,74 @@ def test_cuda_graph_capture_and_cpu_match(B):
     assert rel(want[0].cpu(), cpu[0]) < 1e-5
     assert rel(want[1].cpu()[ok], cpu[1][ok]) < 1e-5
     assert not torch.equal(eager[0], want[0])
+
+
+def _fused_args(m, betas, pose, idx, aw, off, q, means_only=False):
+    """Arguments of torch.ops.ffavatar.flame_skin_gaussians from a model dict and inputs."""
+    V, S, J = m["v_template"].shape[0], betas.shape[1], m["J_regressor"].shape[0]
+    Jt = m["J_regressor"] @ m["v_template"]
+    Jd = (m["J_regressor"] @ m["shapedirs"].reshape(V, -1)).reshape(J, 3, S)
+    pose_k = pose if pose.dim() == 4 else pose.reshape(pose.shape[0], J, 3)
+    wg = F._anchor_joint_weights(m["lbs_weights"], idx, aw)
+    return (betas, pose_k, Jt, Jd, m["parents"].tolist(), m["v_template"], m["shapedirs"], m["posedirs"],
+            m["lbs_weights"], idx, aw, wg, off, q, means_only)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_op_checks_and_cpu_kernel(device):
+    """flame_skin_gaussians (one frame): equals skin_gaussians' three-op path; B != 1 and J > 8 are
+    clear errors on both devices."""
+    V, J, S, N = 60, 5, 8, 90
+    dt = torch.float64 if device == "cpu" else torch.float32
+    m = {k: cast(v, dt, device) for k, v in make_model(V, J, S).items()}
+    betas, pose = (cast(t, dt, device) for t in make_inputs(1, J, S))
+    idx, aw = make_anchors(N, V, device=device, dtype=dt)
+    off, q = torch.randn(N, 3, device=device, dtype=dt) * 0.1, torch.randn(N, 4, device=device, dtype=dt)
+    got = torch.ops.ffavatar.flame_skin_gaussians(*_fused_args(m, betas, pose, idx, aw, off, q))
+    with mock.patch.dict(os.environ, {"FFAVATAR_NO_FUSED": "1"}):
+        want = F.skin_gaussians(betas, pose, *model_args(m), idx, aw, off, q)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    betas2, pose2 = (cast(t, dt, device) for t in make_inputs(2, J, S))
+    with pytest.raises(RuntimeError, match="one frame"):
+        torch.ops.ffavatar.flame_skin_gaussians(*_fused_args(m, betas2, pose2, idx, aw, off, q))
+    m9 = {k: cast(v, dt, device) for k, v in make_model(V, 9, S).items()}
+    b9, p9 = (cast(t, dt, device) for t in make_inputs(1, 9, S))
+    with pytest.raises(RuntimeError, match="at most 8 joints"):
+        torch.ops.ffavatar.flame_skin_gaussians(*_fused_args(m9, b9, p9, idx, aw, off, q))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", ["full", "means_only_int32_matrices", "no_quats_k1", "batched_offsets_k3",
+                                  "more_gaussians_than_threads"])
+def test_fused_one_frame_matches_three_kernel_path(case):
+    """skin_gaussians at B=1 without grad takes the fused one-launch kernel: same outputs as the
+    three-kernel path (FFAVATAR_NO_FUSED=1) and the float64 reference."""
+    V, J, S = FLAME["V"], FLAME["J"], FLAME["S"]
+    N = 300_000 if case == "more_gaussians_than_threads" else 20_000
+    K = 1 if "k1" in case else 3 if "k3" in case else 4
+    m64 = make_model(V, J, S)
+    betas64, pose64 = make_inputs(1, J, S, matrices="matrices" in case)
+    idx, aw64 = make_anchors(N, V, K=K, idx_dtype=torch.int32 if "int32" in case else torch.int64)
+    off64 = torch.randn(1, N, 3, dtype=torch.float64) * 1e-2 if "batched" in case else \
+        torch.randn(N, 3, dtype=torch.float64) * 1e-2
+    q64 = None if "no_quats" in case else torch.randn(N, 4, dtype=torch.float64)
+    mo = "means_only" in case
+    c = lambda t: cast(t, torch.float32, "cuda")  # noqa: E731
+    m = {k: c(v) for k, v in m64.items()}
+    args = (c(betas64), c(pose64), *model_args(m), c(idx), c(aw64), c(off64), c(q64))
+    poison_cuda_cache()
+    with torch.no_grad():
+        got = F.skin_gaussians(*args, means_only=mo)
+        with mock.patch.dict(os.environ, {"FFAVATAR_NO_FUSED": "1"}):
+            three = F.skin_gaussians(*args, means_only=mo)
+    for x, y in zip(got, three):
+        assert bool(torch.isfinite(x).all())
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    want = ref.skin_gaussians(betas64, pose64, *model_args(m64), idx, aw64, off64, q64, means_only=mo)
+    ok = branch_ok(betas64, pose64, m64, idx, aw64)[0]
+    assert rel(got[0], want[0]) < 1e-5
+    assert rel(got[1][0][ok.cuda()], want[1][0][ok]) < 1e-5
 
 
 @pytest.mark.cuda

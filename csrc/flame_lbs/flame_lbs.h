@@ -73,5 +73,25 @@ cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, c
                                  int N, int K, float* grad_vposed, float* grad_A, float* grad_W, float* grad_aw,
                                  float* grad_off, float* grad_quats, cudaStream_t stream);
 
+// Fused one-frame forward (flame_skin_gaussians, flame_skin_fused.cu): joints + v_posed + Gaussians in
+// one cooperative launch. B = 1, J <= kFusedMaxJoints. Outputs: v_posed [V,kVP], joints [J,3], A [J,16]
+// (scratch the caller may drop), means [N,3], qout [N,4]. wg / offsets ([N,3]) / quats may be null.
+constexpr int kFusedMaxJoints = 8;
+template <typename I>
+struct FusedArgs {
+  const float *betas, *pose;  // [S], [J,3] axis-angle or [J,9]
+  bool pose_is_matrix;
+  const float *J_template, *J_dirs;
+  Parents parents;
+  const float *v_template, *shapedirs, *posedirs, *W, *wg;
+  const I* idx;
+  const float *aw, *offsets, *quats;
+  bool means_only;
+  int V, J, S, N, K;
+  float *v_posed, *joints, *A, *means, *qout;
+};
+template <typename I>
+cudaError_t launch_skin_fused(const FusedArgs<I>& args, cudaStream_t stream);
+
 }  // namespace lbs
 }  // namespace ffa

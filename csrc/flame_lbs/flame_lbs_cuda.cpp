@@ -4,6 +4,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "flame_lbs/flame_lbs.h"
 #include "flame_lbs/flame_lbs_checks.h"
 
@@ -200,11 +202,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {grad_vp, grad_A, grad_W, grad_aw, grad_off, grad_q};
 }
 
+// flame_skin_gaussians: the fused one-frame forward (flame_skin_fused.cu).
+std::tuple<at::Tensor, at::Tensor> skin_fused_cuda(
+    const at::Tensor& betas, const at::Tensor& pose, const at::Tensor& J_template, const at::Tensor& J_dirs,
+    at::IntArrayRef parents, const at::Tensor& v_template, const at::Tensor& shapedirs, const at::Tensor& posedirs,
+    const at::Tensor& W, const at::Tensor& idx, const at::Tensor& aw, const c10::optional<at::Tensor>& joint_weights,
+    const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& quats, bool means_only) {
+  auto zj = check_joints_args(betas, pose, J_template, J_dirs);
+  require_float(betas, "betas");
+  TORCH_CHECK(zj.B == 1, "flame_skin_gaussians: one frame (betas [1,S]), got B=", zj.B);
+  TORCH_CHECK(zj.J <= kFusedMaxJoints, "flame_skin_gaussians: at most ", kFusedMaxJoints, " joints, got J=", zj.J);
+  Parents par = make_parents(parents, zj.J);
+  TORCH_CHECK(v_template.dim() == 2, "v_template: expected shape [V,3], got ", v_template.sizes());
+  const int64_t V = v_template.size(0), J = zj.J, S = zj.S;
+  check_float_tensor(v_template, "v_template", at::kFloat, {V, 3});
+  check_float_tensor(shapedirs, "shapedirs", at::kFloat, {V, 3, S});
+  check_float_tensor(posedirs, "posedirs", at::kFloat, {(J - 1) * 9, V * 3});
+  for (auto* t : {&v_template, &shapedirs, &posedirs}) check_device(*t, "flame_skin_gaussians argument", betas);
+  c10::cuda::CUDAGuard guard(betas.device());
+  auto o = betas.options();
+  auto v_posed = at::empty({1, V, kVP}, o);
+  auto A = at::empty({1, J, 4, 4}, o);
+  auto joints = at::empty({1, J, 3}, o);
+  auto z = check_gaussian_args(v_posed, A, W, idx, aw, offsets, quats, joint_weights);
+  auto means = at::empty({1, z.N, 3}, o);
+  auto qout = at::empty({1, z.N, 4}, o);
+  auto run = [&](auto* ip) {
+    using I = std::remove_const_t<std::remove_pointer_t<decltype(ip)>>;
+    FusedArgs<I> a{betas.data_ptr<float>(), pose.data_ptr<float>(), zj.pose_is_matrix, J_template.data_ptr<float>(),
+                   J_dirs.data_ptr<float>(), par, v_template.data_ptr<float>(), shapedirs.data_ptr<float>(),
+                   posedirs.data_ptr<float>(), W.data_ptr<float>(),
+                   joint_weights.has_value() ? joint_weights->data_ptr<float>() : nullptr, ip, aw.data_ptr<float>(),
+                   offsets.has_value() ? offsets->data_ptr<float>() : nullptr,
+                   quats.has_value() ? quats->data_ptr<float>() : nullptr, means_only, (int)V, (int)J, (int)S,
+                   (int)z.N, (int)z.K, v_posed.data_ptr<float>(), joints.data_ptr<float>(), A.data_ptr<float>(),
+                   means.data_ptr<float>(), qout.data_ptr<float>()};
+    return launch_skin_fused<I>(a, c10::cuda::getCurrentCUDAStream());
+  };
+  cudaError_t err = idx.scalar_type() == at::kInt ? run(idx.data_ptr<int32_t>()) : run(idx.data_ptr<int64_t>());
+  FFA_CHECK_CUDA(err, "flame_skin_gaussians kernel");
+  return {means, qout};
+}
+
 }  // namespace
 }  // namespace lbs
 }  // namespace ffa
 
 TORCH_LIBRARY_IMPL(ffavatar, CUDA, m) {
+  m.impl("flame_skin_gaussians", &ffa::lbs::skin_fused_cuda);
   m.impl("flame_lbs_joints", &ffa::lbs::joints_cuda);
   m.impl("flame_lbs_joints_backward", &ffa::lbs::joints_backward_cuda);
   m.impl("flame_lbs", &ffa::lbs::vertices_cuda);

@@ -40,46 +40,6 @@ __global__ void joints_fwd_kernel(const float* __restrict__ betas, const float* 
   if (threadIdx.x == 0) chain_forward(J, par, s_rot, s_rest, s_G, joints + (int64_t)b * J * 3, A + (int64_t)b * J * 16);
 }
 
-// Shape blend of vertex v for the BT frames of the chunk: acc[bt][c] = this lane's share of
-// sum_s shapedirs[v,c,s] betas[bt,s] (reduced over the warp in finish_vertex). The three rows of the
-// vertex are loaded together so each betas value read from smem serves 3 FMAs; VEC4: float4 loads
-// of shapedirs and betas (S % 4 == 0, 16 B aligned).
-template <int BT, bool VEC4>
-__device__ __forceinline__ void blend_shape(const float* __restrict__ sd, const float* s_b, int v, int S, int lane,
-                                            float (&acc)[BT][3]) {
-#pragma unroll
-  for (int bt = 0; bt < BT; ++bt) acc[bt][0] = acc[bt][1] = acc[bt][2] = 0.f;
-  const float* row = sd + (int64_t)v * 3 * S;
-  if (VEC4) {
-    const int S4 = S >> 2;
-    const float4* r0 = reinterpret_cast<const float4*>(row);
-    const float4* r1 = reinterpret_cast<const float4*>(row + S);
-    const float4* r2 = reinterpret_cast<const float4*>(row + 2 * S);
-    const float4* sb4 = reinterpret_cast<const float4*>(s_b);
-#pragma unroll 2
-    for (int s4 = lane; s4 < S4; s4 += kWarp) {
-      const float4 x0 = __ldg(r0 + s4), x1 = __ldg(r1 + s4), x2 = __ldg(r2 + s4);
-#pragma unroll
-      for (int bt = 0; bt < BT; ++bt) {
-        const float4 bb = sb4[bt * S4 + s4];
-        acc[bt][0] += x0.x * bb.x + x0.y * bb.y + x0.z * bb.z + x0.w * bb.w;
-        acc[bt][1] += x1.x * bb.x + x1.y * bb.y + x1.z * bb.z + x1.w * bb.w;
-        acc[bt][2] += x2.x * bb.x + x2.y * bb.y + x2.z * bb.z + x2.w * bb.w;
-      }
-    }
-  } else {
-#pragma unroll 4
-    for (int s = lane; s < S; s += kWarp) {
-      const float x0 = __ldg(row + s), x1 = __ldg(row + S + s), x2 = __ldg(row + 2 * S + s);
-#pragma unroll
-      for (int bt = 0; bt < BT; ++bt) {
-        const float bb = s_b[bt * S + s];
-        acc[bt][0] += x0 * bb; acc[bt][1] += x1 * bb; acc[bt][2] += x2 * bb;
-      }
-    }
-  }
-}
-
 // Sums acc[bt][c] over the warp, BT frames x 3 at once: a transposed reduce-scatter (each xor round
 // hands half of the remaining frames to the partner lane: 3*(BT/2 + BT/4 + ... + 1) shuffles, then
 // plain xor rounds) instead of 3*BT 5-step butterflies (BT=16: 48 shuffles instead of 240). Returns
@@ -118,16 +78,7 @@ __device__ __forceinline__ void finish_vertex(float (&acc)[BT][3], const float* 
                                               const float* __restrict__ vt, const float* __restrict__ pd,
                                               const float* __restrict__ W, int v, int b0, int nb, int V, int J,
                                               int lane, float* __restrict__ verts, float* __restrict__ v_posed) {
-  const int P = (J - 1) * 9;
-  for (int p = lane; p < P; p += kWarp) {
-    const float* col = pd + (int64_t)p * V * 3 + (int64_t)v * 3;
-    float x0 = __ldg(col), x1 = __ldg(col + 1), x2 = __ldg(col + 2);
-#pragma unroll
-    for (int bt = 0; bt < BT; ++bt) {
-      float f = s_pf[bt * P + p];
-      acc[bt][0] += x0 * f; acc[bt][1] += x1 * f; acc[bt][2] += x2 * f;
-    }
-  }
+  add_pose_correctives<BT>(pd, s_pf, v, V, (J - 1) * 9, lane, acc);
   float mine[3] = {0.f, 0.f, 0.f};
   int f = -1;
   if (BT <= 8) {
@@ -265,25 +216,9 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
   if (!valid) return;
   for (int bt = 0; bt < nb; ++bt) {
     const int64_t b = b0 + bt, i = b * N + n;
-    float M[12], p[3], m[3], q[4];
-#pragma unroll
-    for (int e = 0; e < 12; ++e) M[e] = 0.f;
-#pragma unroll
-    for (int j = 0; j < JT; ++j) {  // same order as blend_transform
-      if (j < J) {
-        const float4* Aj = reinterpret_cast<const float4*>(s_A + (bt * J + j) * 16);
-#pragma unroll
-        for (int r = 0; r < 3; ++r) {
-          const float4 a = Aj[r];
-          M[r * 4 + 0] += wg[j] * a.x; M[r * 4 + 1] += wg[j] * a.y;
-          M[r * 4 + 2] += wg[j] * a.z; M[r * 4 + 3] += wg[j] * a.w;
-        }
-      }
-    }
-    anchor_point4<KT>(id, w, v_posed + b * V * kVP, off ? off + (off_batched ? i : n) * 3 : nullptr, p);
-    gaussian_pose(M, p, qc, means_only, m, q);
-    for (int c = 0; c < 3; ++c) means[i * 3 + c] = m[c];
-    reinterpret_cast<float4*>(qout)[i] = make_float4(q[0], q[1], q[2], q[3]);
+    gaussian_frame_fwd<KT, JT>(id, w, wg, qc, s_A + bt * J * 16, J, v_posed + b * V * kVP,
+                               off ? off + (off_batched ? i : n) * 3 : nullptr, means_only, means + i * 3,
+                               qout + i * 4);
   }
 }
 

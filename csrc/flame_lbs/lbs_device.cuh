@@ -37,8 +37,9 @@ __device__ __forceinline__ void fill_smem(float* dst, int n, F get) {
 }
 
 // anchor_point (lbs_math.h, same summation order) with one 16-byte gather per anchor: vp is one
-// frame of v_posed [V,kVP], 16-byte aligned.
-template <int KT, typename I>
+// frame of v_posed [V,kVP], 16-byte aligned. CG: v_posed was written by this kernel (before a grid
+// barrier): load through L2 (ld.global.cg) instead of the read-only path.
+template <int KT, bool CG = false, typename I>
 __device__ __forceinline__ void anchor_point4(const I (&id)[KT], const float (&w)[KT], const float* __restrict__ vp,
                                               const float* __restrict__ off, float (&p)[3]) {
   static_assert(kVP == 4, "v_posed rows must be float4");
@@ -46,7 +47,8 @@ __device__ __forceinline__ void anchor_point4(const I (&id)[KT], const float (&w
   for (int c = 0; c < 3; ++c) p[c] = off ? off[c] : 0.f;
 #pragma unroll
   for (int k = 0; k < KT; ++k) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(vp) + id[k]);
+    const float4* src = reinterpret_cast<const float4*>(vp) + id[k];
+    const float4 v = CG ? __ldcg(src) : __ldg(src);
     p[0] += w[k] * v.x; p[1] += w[k] * v.y; p[2] += w[k] * v.z;
   }
 }
@@ -78,6 +80,92 @@ __device__ __forceinline__ void atomic_add_row4(float* __restrict__ base, int64_
   float* d = base + row * kVP;
   atomicAdd(d, g0); atomicAdd(d + 1, g1); atomicAdd(d + 2, g2);
 #endif
+}
+
+// Shape blend of vertex v for the BT frames of the chunk: acc[bt][c] = this lane's share of
+// sum_s shapedirs[v,c,s] betas[bt,s] (reduced over the warp in finish_vertex). The three rows of the
+// vertex are loaded together so each betas value read from smem serves 3 FMAs; VEC4: float4 loads
+// of shapedirs and betas (S % 4 == 0, 16 B aligned).
+template <int BT, bool VEC4>
+__device__ __forceinline__ void blend_shape(const float* __restrict__ sd, const float* s_b, int v, int S, int lane,
+                                            float (&acc)[BT][3]) {
+#pragma unroll
+  for (int bt = 0; bt < BT; ++bt) acc[bt][0] = acc[bt][1] = acc[bt][2] = 0.f;
+  const float* row = sd + (int64_t)v * 3 * S;
+  if (VEC4) {
+    const int S4 = S >> 2;
+    const float4* r0 = reinterpret_cast<const float4*>(row);
+    const float4* r1 = reinterpret_cast<const float4*>(row + S);
+    const float4* r2 = reinterpret_cast<const float4*>(row + 2 * S);
+    const float4* sb4 = reinterpret_cast<const float4*>(s_b);
+#pragma unroll 2
+    for (int s4 = lane; s4 < S4; s4 += kWarp) {
+      const float4 x0 = __ldg(r0 + s4), x1 = __ldg(r1 + s4), x2 = __ldg(r2 + s4);
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) {
+        const float4 bb = sb4[bt * S4 + s4];
+        acc[bt][0] += x0.x * bb.x + x0.y * bb.y + x0.z * bb.z + x0.w * bb.w;
+        acc[bt][1] += x1.x * bb.x + x1.y * bb.y + x1.z * bb.z + x1.w * bb.w;
+        acc[bt][2] += x2.x * bb.x + x2.y * bb.y + x2.z * bb.z + x2.w * bb.w;
+      }
+    }
+  } else {
+#pragma unroll 4
+    for (int s = lane; s < S; s += kWarp) {
+      const float x0 = __ldg(row + s), x1 = __ldg(row + S + s), x2 = __ldg(row + 2 * S + s);
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) {
+        const float bb = s_b[bt * S + s];
+        acc[bt][0] += x0 * bb; acc[bt][1] += x1 * bb; acc[bt][2] += x2 * bb;
+      }
+    }
+  }
+}
+
+// Pose correctives of vertex v added to the lane's partial sums: acc[bt][c] += sum over this lane's
+// p of posedirs[p, 3v + c] * pf[bt, p] (pf: pose features R_j - I of the BT frames, [BT,P] in smem).
+template <int BT>
+__device__ __forceinline__ void add_pose_correctives(const float* __restrict__ pd, const float* s_pf, int v, int V,
+                                                     int P, int lane, float (&acc)[BT][3]) {
+  for (int p = lane; p < P; p += kWarp) {
+    const float* col = pd + (int64_t)p * V * 3 + (int64_t)v * 3;
+    float x0 = __ldg(col), x1 = __ldg(col + 1), x2 = __ldg(col + 2);
+#pragma unroll
+    for (int bt = 0; bt < BT; ++bt) {
+      float f = s_pf[bt * P + p];
+      acc[bt][0] += x0 * f; acc[bt][1] += x1 * f; acc[bt][2] += x2 * f;
+    }
+  }
+}
+
+// One anchored Gaussian in one frame (forward): M = sum_j wg_j A_j (A: the frame's [J,16] in shared
+// memory, float4 broadcast reads; blend_transform's order), the anchored point, Shepperd, stores of
+// mean [3] and quat [4] (16-byte aligned: one float4 store). CG: as anchor_point4.
+template <int KT, int JT, bool CG = false, typename I>
+__device__ __forceinline__ void gaussian_frame_fwd(const I (&id)[KT], const float (&w)[KT], const float (&wg)[JT],
+                                                   const float (&qc)[4], const float* sA, int J,
+                                                   const float* __restrict__ vp, const float* __restrict__ off,
+                                                   bool means_only, float* __restrict__ mean,
+                                                   float* __restrict__ quat) {
+  float M[12], p[3], m[3], q[4];
+#pragma unroll
+  for (int e = 0; e < 12; ++e) M[e] = 0.f;
+#pragma unroll
+  for (int j = 0; j < JT; ++j) {
+    if (j < J) {
+      const float4* Aj = reinterpret_cast<const float4*>(sA + j * 16);
+#pragma unroll
+      for (int r = 0; r < 3; ++r) {
+        const float4 a = Aj[r];
+        M[r * 4 + 0] += wg[j] * a.x; M[r * 4 + 1] += wg[j] * a.y;
+        M[r * 4 + 2] += wg[j] * a.z; M[r * 4 + 3] += wg[j] * a.w;
+      }
+    }
+  }
+  anchor_point4<KT, CG>(id, w, vp, off, p);
+  gaussian_pose(M, p, qc, means_only, m, q);
+  for (int c = 0; c < 3; ++c) mean[c] = m[c];
+  *reinterpret_cast<float4*>(quat) = make_float4(q[0], q[1], q[2], q[3]);
 }
 
 }  // namespace lbs
