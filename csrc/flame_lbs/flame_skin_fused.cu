@@ -100,8 +100,10 @@ __global__ void __launch_bounds__(kFusedThreads) skin_fused_kernel(
   gaussian_inputs<KT, JT>(n0, n0 < N, idx, aw, wgp, W, quats, J, id, w, wg, qc);
   __syncthreads();
 
-  // ---- phase 1: v_posed ----
-  for (int v = blockIdx.x * nw + warp; v < V; v += gridDim.x * nw) {
+  // ---- phase 1: v_posed (blocks 0 .. G-2: the last one is busy with the chain, which the barrier
+  // would otherwise wait for on top of its share of vertices) ----
+  const int vblocks = gridDim.x > 1 ? gridDim.x - 1 : 1;
+  for (int v = blockIdx.x * nw + warp; blockIdx.x < vblocks && v < V; v += vblocks * nw) {
     float acc[1][3];
     blend_shape<1, VEC4>(sd, s_b, v, S, lane, acc);
     add_pose_correctives<1>(pd, s_pf, v, V, P, lane, acc);
