@@ -1,12 +1,18 @@
 """Fake (meta) kernels and autograd of the five compiled rasterize ops (torch.ops.ffavatar.rasterize_*).
 
-Shapes (B scenes, C cameras, N Gaussians, Cc in {1, C} colour sets, D channels, TH x TW tiles):
+Shapes (B scenes, C cameras, N Gaussians, Cc in {1, C} colour sets, D channels, TH x TW tiles). Every
+op takes its tensors batched ([B,...], as below) or unbatched (the same without the leading B; the
+first tensor argument decides, the outputs follow):
 project: means [B,N,3], quats [B,N,4], scales [B,N,3], opacities [B,N], viewmats [B,C,4,4], Ks [B,C,3,3]
   -> radii [B,C,N,2] i32, means2d [B,C,N,2], depths [B,C,N], conics [B,C,N,3], opacities2d [B,C,N],
      tiles_per_gauss [B,C,N] i32
 bin -> tile_offsets [B,C,TH,TW] i32, flatten_ids [n_isects] i32
-render: colors [B,Cc,N,D], backgrounds [B,C,D]? -> colors [B,C,H,W,D], alphas [B,C,H,W,1], last_ids [B,C,H,W] i32,
-  final_Ts [B,C,H,W,1] (transmittance kept exactly for the backward; alphas = 1 - final_Ts)
+render: colors [B,Cc,N,D] or [B,N,D] (shared by the cameras), backgrounds [B,C,D]? -> colors [B,C,H,W,D],
+  alphas [B,C,H,W,1], last_ids [B,C,H,W] i32, final_Ts [B,C,H,W,1] (transmittance kept exactly for the
+  backward; alphas = 1 - final_Ts)
+Backward ops: the output gradients v_render_colors / v_render_alphas / v_depths may have any strides that
+flatten (e.g. the expanded gradient of a sum, or an expanded zero for an output with no gradient: nothing
+is materialized); the others are made contiguous by the glue if needed.
 """
 from __future__ import annotations
 
@@ -32,11 +38,10 @@ def register() -> None:
     @torch.library.register_fake(lib + "rasterize_project")
     def _(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d,
           antialiased, tile_size):
-        B, N = means.shape[0], means.shape[1]
-        C = viewmats.shape[1]
+        lead = tuple(means.shape[:-2]) + (viewmats.shape[-3], means.shape[-2])  # [B?,C,N]
         f = means.new_empty
-        return (f((B, C, N, 2)), f((B, C, N)), f((B, C, N, 3)), f((B, C, N)),
-                means.new_empty((B, C, N, 2), dtype=torch.int32), means.new_empty((B, C, N), dtype=torch.int32))
+        return (f(lead + (2,)), f(lead), f(lead + (3,)), f(lead), means.new_empty(lead + (2,), dtype=torch.int32),
+                means.new_empty(lead, dtype=torch.int32))
 
     @torch.library.register_fake(lib + "rasterize_project_bwd")
     def _(means, quats, scales, opacities, viewmats, Ks, radii, v_means2d, v_depths, v_conics, v_opac2d,
@@ -46,18 +51,16 @@ def register() -> None:
 
     @torch.library.register_fake(lib + "rasterize_bin")
     def _(means2d, radii, depths, conics, opac2d, tiles_per_gauss, width, height, tile_size):
-        B, C = means2d.shape[0], means2d.shape[1]
         th, tw = (height + tile_size - 1) // tile_size, (width + tile_size - 1) // tile_size
         n = torch.library.get_ctx().new_dynamic_size()
-        return (means2d.new_empty((B, C, th, tw), dtype=torch.int32), means2d.new_empty((n,), dtype=torch.int32))
+        return (means2d.new_empty(tuple(means2d.shape[:-2]) + (th, tw), dtype=torch.int32),
+                means2d.new_empty((n,), dtype=torch.int32))
 
     @torch.library.register_fake(lib + "rasterize_render")
     def _(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height, tile_size):
-        B, C = means2d.shape[0], means2d.shape[1]
-        D = colors.shape[-1]
-        return (means2d.new_empty((B, C, height, width, D)), means2d.new_empty((B, C, height, width, 1)),
-                means2d.new_empty((B, C, height, width), dtype=torch.int32),
-                means2d.new_empty((B, C, height, width, 1)))
+        img = tuple(means2d.shape[:-2]) + (height, width)  # [B?,C,H,W]
+        f = means2d.new_empty
+        return f(img + (colors.shape[-1],)), f(img + (1,)), f(img, dtype=torch.int32), f(img + (1,))
 
     @torch.library.register_fake(lib + "rasterize_render_bwd")
     def _(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_Ts, last_ids,
@@ -71,22 +74,34 @@ def register() -> None:
 
 
 # ---- autograd formulas (shared by the registered autograd and the Functions below) ---------------
+# Output gradients that autograd leaves undefined stay None (set_materialize_grads(False)): the
+# default would allocate zeros for every output without a gradient, including the int outputs (radii,
+# tiles_per_gauss, last_ids) and final_Ts. A missing gradient of a per-pixel output or of depths is
+# passed as an expanded zero (one element), which the backward ops read through strides.
+def _zero(like, shape):
+    """A zero of like's dtype/device expanded to shape (one element, nothing materialized)."""
+    return like.new_zeros(()).expand(shape)
+
+
 def _project_setup(ctx, inputs, output):
     means, quats, scales, opacities, viewmats, Ks, width, height, _n, _f, eps2d, antialiased, _t = inputs
     ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, output[4])
     ctx.cfg = (width, height, eps2d, antialiased)
     ctx.mark_non_differentiable(output[4], output[5])
+    ctx.set_materialize_grads(False)
 
 
-def _project_backward(ctx, g_means2d, g_depths, g_conics, g_opac2d, g_radii, g_tiles):
+def _project_backward(ctx, g_means2d, g_depths, g_conics, g_opac2d, g_radii=None, g_tiles=None):
     means, quats, scales, opacities, viewmats, Ks, radii = ctx.saved_tensors
     width, height, eps2d, antialiased = ctx.cfg
-    B, N, C = means.shape[0], means.shape[1], viewmats.shape[1]
-    z = lambda *s: means.new_zeros(s)
-    g_means2d = z(B, C, N, 2) if g_means2d is None else g_means2d.contiguous()
-    g_depths = z(B, C, N) if g_depths is None else g_depths.contiguous()
-    g_conics = z(B, C, N, 3) if g_conics is None else g_conics.contiguous()
-    g_opac2d = z(B, C, N) if g_opac2d is None else g_opac2d.contiguous()
+    shape = radii.shape[:-1]  # [B?,C,N]
+    if g_means2d is None or g_conics is None or g_opac2d is None:  # rare: only depths has a gradient
+        z = lambda *last: means.new_zeros(shape + last)
+        g_means2d = z(2) if g_means2d is None else g_means2d
+        g_conics = z(3) if g_conics is None else g_conics
+        g_opac2d = z() if g_opac2d is None else g_opac2d
+    if g_depths is None:  # RGB mode: depths feed nothing differentiable
+        g_depths = _zero(means, shape)
     vm, vq, vs, vo = torch.ops.ffavatar.rasterize_project_bwd(
         means, quats, scales, opacities, viewmats, Ks, radii, g_means2d, g_depths, g_conics, g_opac2d,
         width, height, eps2d, antialiased)
@@ -100,20 +115,23 @@ def _render_setup(ctx, inputs, output):
     ctx.cfg = (width, height, tile_size)
     ctx.has_bg = backgrounds is not None
     ctx.mark_non_differentiable(output[2], output[3])
+    ctx.set_materialize_grads(False)
 
 
-def _render_backward(ctx, g_colors, g_alphas, g_last, g_final_t):
+def _render_backward(ctx, g_colors, g_alphas, g_last=None, g_final_t=None):
     means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids = ctx.saved_tensors
     width, height, tile_size = ctx.cfg
-    g_colors = torch.zeros(final_t.shape[:-1] + colors.shape[-1:], dtype=final_t.dtype, device=final_t.device) \
-        if g_colors is None else g_colors.contiguous()
-    g_alphas = torch.zeros_like(final_t) if g_alphas is None else g_alphas.contiguous()
+    has_g_colors = g_colors is not None
+    if not has_g_colors:
+        g_colors = _zero(final_t, final_t.shape[:-1] + colors.shape[-1:])
+    if g_alphas is None:
+        g_alphas = _zero(final_t, final_t.shape)
     v_m2, v_cn, v_op, v_col = torch.ops.ffavatar.rasterize_render_bwd(
         means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids, g_colors,
         g_alphas, width, height, tile_size)
     v_bg = None
     if ctx.has_bg and ctx.needs_input_grad[4]:
-        v_bg = (final_t * g_colors).sum(dim=(-3, -2))
+        v_bg = (final_t * g_colors).sum(dim=(-3, -2)) if has_g_colors else backgrounds.new_zeros(backgrounds.shape)
     return v_m2, v_cn, v_op, v_col, v_bg, None, None, None, None, None
 
 

@@ -39,32 +39,33 @@ def _fast_ok(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)
     """Cheap all-good test (the common case); any doubt falls through to the detailed checks."""
     try:
         sh = means.shape
-        lead, N = tuple(sh[:-2]), sh[-2]
+        lead, N = sh[:-2], sh[-2]
         if len(lead) > 1 or sh[-1] != 3:
             return False
         dt, dev = means.dtype, means.device
-        C = viewmats.shape[-3]
-        if (quats.shape != lead + (N, 4) or scales.shape != sh or opacities.shape != lead + (N,)
-                or viewmats.shape != lead + (C, 4, 4) or Ks.shape != lead + (C, 3, 3)):
+        vs = viewmats.shape
+        lc = lead + vs[-3:-2]  # (B?, C)
+        if (len(vs) != len(lc) + 2 or vs != lc + (4, 4) or Ks.shape != lc + (3, 3) or scales.shape != sh
+                or quats.shape != lead + (N, 4) or opacities.shape != lead + (N,)):
             return False
-        cs = colors.shape
-        if cs[:-1] != lead + (N,) and cs[:-1] != lead + (C, N):
+        cs = colors.shape[:-1]
+        if cs != lead + (N,) and cs != lc + (N,):
             return False
-        ts = (quats, scales, opacities, colors, viewmats, Ks) if backgrounds is None else \
-            (quats, scales, opacities, colors, viewmats, Ks, backgrounds)
-        if backgrounds is not None and backgrounds.shape[:-1] != lead + (C,):
+        if dt is not torch.float32 and (dt is not torch.float64 or dev.type == "cuda"):
             return False
-        if dt not in (torch.float32, torch.float64) or (dt != torch.float32 and dev.type == "cuda"):
-            return False
-        return all(t.dtype == dt and t.device == dev for t in ts)
+        if backgrounds is not None:
+            if backgrounds.shape[:-1] != lc or backgrounds.dtype != dt or backgrounds.device != dev:
+                return False
+        return (quats.dtype == dt and scales.dtype == dt and opacities.dtype == dt and colors.dtype == dt
+                and viewmats.dtype == dt and Ks.dtype == dt and quats.device == dev and scales.device == dev
+                and opacities.device == dev and colors.device == dev and viewmats.device == dev
+                and Ks.device == dev)
     except (AttributeError, TypeError, IndexError):
         return False
 
 
-def _normalize(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode):
-    """Validate; return batched contiguous tensors: means [B,N,3] ... colors [B,Cc,N,D], bg [B,C,D']."""
-    if _fast_ok(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds):
-        return _batch(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
+def _check(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode):
+    """The detailed checks (clear errors naming the argument); run when _fast_ok says no."""
     if not isinstance(means, torch.Tensor):
         raise TypeError(f"means: expected a torch.Tensor, got {type(means).__name__}")
     if means.dim() not in (2, 3):
@@ -97,27 +98,6 @@ def _normalize(means, quats, scales, opacities, colors, viewmats, Ks, background
                             viewmats=viewmats, Ks=Ks, backgrounds=backgrounds)
     if dev.type == "cuda" and means.dtype != torch.float32:
         raise TypeError(f"means: expected dtype float32 on CUDA, got {str(means.dtype).replace('torch.', '')}")
-    return _batch(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
-
-
-def _batch(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode):
-    batched = means.dim() == 3
-    if backgrounds is not None:
-        D = colors.shape[-1]
-        backgrounds = _depth_background(backgrounds, D, {"RGB": D, "ED": 1, "RGB+ED": D + 1}[render_mode],
-                                        render_mode)
-    # unsqueeze/contiguous rather than indexing: fewer Python-level dispatcher calls per rasterize call
-    if not batched:
-        means, quats, scales, opacities = means.unsqueeze(0), quats.unsqueeze(0), scales.unsqueeze(0), \
-            opacities.unsqueeze(0)
-        viewmats, Ks, colors = viewmats.unsqueeze(0), Ks.unsqueeze(0), colors.unsqueeze(0)
-        if backgrounds is not None:
-            backgrounds = backgrounds.unsqueeze(0)
-    if colors.dim() == 3:
-        colors = colors.unsqueeze(1)
-    return batched, [means.contiguous(), quats.contiguous(), scales.contiguous(), opacities.contiguous(),
-                     colors.contiguous(), viewmats.contiguous(), Ks.contiguous(),
-                     None if backgrounds is None else backgrounds.contiguous()]
 
 
 def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, *, near_plane=0.01,
@@ -153,11 +133,12 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         raise ValueError(f"render_mode: expected one of {_RENDER_MODES}, got {render_mode!r}")
     if rasterize_mode not in _RASTER_MODES:
         raise ValueError(f"rasterize_mode: expected one of {_RASTER_MODES}, got {rasterize_mode!r}")
-    try:
-        width, height, tile_size = (operator.index(v) for v in (width, height, tile_size))
-    except TypeError:
-        raise TypeError(f"width, height, tile_size: expected ints, got {type(width).__name__}, "
-                        f"{type(height).__name__}, {type(tile_size).__name__}") from None
+    if type(width) is not int or type(height) is not int or type(tile_size) is not int:
+        try:
+            width, height, tile_size = (operator.index(v) for v in (width, height, tile_size))
+        except TypeError:
+            raise TypeError(f"width, height, tile_size: expected ints, got {type(width).__name__}, "
+                            f"{type(height).__name__}, {type(tile_size).__name__}") from None
     if width <= 0 or height <= 0:
         raise ValueError(f"width, height: expected > 0, got {width}x{height}")
     if not 1 <= tile_size <= 32:
@@ -166,47 +147,50 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         raise ValueError(f"near_plane, far_plane: expected finite near < far, got {near_plane}, {far_plane}")
     if not (math.isfinite(eps2d) and eps2d >= 0):
         raise ValueError(f"eps2d: expected a finite value >= 0, got {eps2d}")
-    batched, (means, quats, scales, opacities, colors, viewmats, Ks, bg) = _normalize(
-        means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
+    if not _fast_ok(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds):
+        _check(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, render_mode)
     if not _rasterize_ops._OPS_READY:
         _ext.require("rasterize")
         _rasterize_ops.register()
-    B, N, C = means.shape[0], means.shape[1], viewmats.shape[1]
+    bg = bg_depth = None
+    if backgrounds is not None:
+        D = colors.shape[-1]
+        bg = _depth_background(backgrounds, D, D if render_mode == "RGB" else 1 if render_mode == "ED" else D + 1,
+                               render_mode).contiguous()
+        if render_mode != "RGB":  # the depth channel is blended over 0; its background is added after
+            bg_depth = bg[..., -1:]  # [B?,C,1]
+            bg = torch.cat([bg[..., :-1], torch.zeros_like(bg_depth)], -1)
+    # The ops take the tensors batched ([B,...]) or not, as given: no reshapes on the way in or out.
+    batched = means.dim() == 3
     means2d, depths, conics, opac2d, radii, tiles = _rasterize_ops.project(
-        means, quats, scales, opacities, viewmats, Ks, width, height, float(near_plane), float(far_plane),
-        float(eps2d), rasterize_mode == "antialiased", tile_size)
-    meta_means2d = means2d if batched else means2d.squeeze(0)
-    means2d_in = meta_means2d if batched else meta_means2d.unsqueeze(0)
-    visibility = radii.any(-1)  # radii >= 0; one op, queued before the bin's host sync
+        means.contiguous(), quats.contiguous(), scales.contiguous(), opacities.contiguous(), viewmats.contiguous(),
+        Ks.contiguous(), width, height, float(near_plane), float(far_plane), float(eps2d),
+        rasterize_mode == "antialiased", tile_size)
+    if render_mode == "RGB":
+        cols = colors.contiguous()
+    else:  # before the bin: the Python between its host sync and the render launch stays minimal
+        cols = depths[..., None]
+        if render_mode == "RGB+ED":
+            c = colors if colors.dim() == cols.dim() else colors.unsqueeze(-3)  # [B?,N,D] -> [B?,1,N,D]
+            cols = torch.cat([c.expand(depths.shape + colors.shape[-1:]), cols], -1)
     offsets, flatten_ids = _rasterize_ops.bin_(means2d, radii, depths, conics, opac2d, tiles, width, height,
                                                tile_size)
-    if render_mode == "RGB":
-        cols = colors
-    elif render_mode == "ED":
-        cols = depths[..., None]
-    else:
-        cols = torch.cat([colors.expand(B, C, N, colors.shape[-1]), depths[..., None]], -1)
-    bg_depth = None
-    if render_mode != "RGB":
-        cols = cols.contiguous()
-        if bg is not None:  # the depth channel is blended over 0; its background is added after
-            bg_depth = bg[..., -1:]  # [B,C,1]
-            bg = torch.cat([bg[..., :-1], torch.zeros_like(bg_depth)], -1)
-    img, alpha, last_ids, _final_t = _rasterize_ops.render(means2d_in, conics, opac2d, cols, bg,
-                                                           offsets, flatten_ids, width, height, tile_size)
+    img, alpha, last_ids, _final_t = _rasterize_ops.render(means2d, conics, opac2d, cols, bg, offsets, flatten_ids,
+                                                           width, height, tile_size)
+    # Meta-only work after the render launch, where its host time hides behind the render kernel.
+    visibility = radii.any(-1)  # radii >= 0
     if render_mode != "RGB":
         # Expected depth of the Gaussians; where they leave transmittance T, the depth background
         # fills in: ED = sum(w z) / alpha + T * bg_depth (bg_depth = 0, gsplat's case, gives gsplat's ED).
         depth = img[..., -1:] / alpha.clamp(min=1e-10)
         if bg_depth is not None:
-            depth = depth + (1 - alpha) * bg_depth[:, :, None, None, :]
+            depth = depth + (1 - alpha) * bg_depth[..., None, None, :]
         img = torch.cat([img[..., :-1], depth], -1)
+    C = viewmats.shape[-3]
     meta = dict(radii=radii, means2d=means2d, depths=depths, conics=conics, opacities=opac2d,
-                visibility=visibility, tiles_per_gauss=tiles, isect_offsets=offsets, last_ids=last_ids)
-    if not batched:
-        img, alpha = img.squeeze(0), alpha.squeeze(0)
-        meta = {k: meta_means2d if k == "means2d" else v.squeeze(0) for k, v in meta.items()}
-    meta.update(flatten_ids=flatten_ids, n_isects=flatten_ids.shape[0], width=width, height=height,
-                tile_size=tile_size, tile_width=offsets.shape[-1], tile_height=offsets.shape[-2], n_cameras=C,
-                n_batches=B if batched else None)
+                visibility=visibility, tiles_per_gauss=tiles, isect_offsets=offsets, last_ids=last_ids,
+                flatten_ids=flatten_ids, n_isects=flatten_ids.shape[0], width=width, height=height,
+                tile_size=tile_size, tile_width=(width + tile_size - 1) // tile_size,
+                tile_height=(height + tile_size - 1) // tile_size, n_cameras=C,
+                n_batches=means.shape[0] if batched else None)
     return img, alpha, meta

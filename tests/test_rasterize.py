@@ -140,6 +140,140 @@ def test_opcheck():
     torch.library.opcheck(ops.rasterize_project_bwd, pb, test_utils=("test_schema", "test_faketensor"))
 
 
+def test_ops_take_unbatched_tensors():
+    # every op accepts its tensors without the leading B (what rasterize() passes for unbatched calls)
+    # and gives exactly the batched results without it
+    ops = torch.ops.ffavatar
+    s = make_scene(N=25, C=2, W=30, H=22, D=3, dtype=torch.float64, per_camera=True)
+    W, H = 30, 22
+    keys = ("means", "quats", "scales", "opacities", "viewmats", "Ks")
+    u = [s[k] for k in keys]
+    b = [s[k][None].contiguous() for k in keys]
+    pu = ops.rasterize_project(*u, W, H, 0.01, 1e10, 0.3, True, 16)
+    pb = ops.rasterize_project(*b, W, H, 0.01, 1e10, 0.3, True, 16)
+    for x, y in zip(pu, pb):
+        assert x.shape == y.shape[1:] and torch.equal(x, y[0])
+    m2, dp, cn, op, rr, tl = pu
+    ou, fu = ops.rasterize_bin(m2, rr, dp, cn, op, tl, W, H, 16)
+    ob, fb = ops.rasterize_bin(*(t[None] for t in (m2, rr, dp, cn, op, tl)), W, H, 16)
+    assert ou.shape == (2, 2, 2) and torch.equal(ou, ob[0]) and torch.equal(fu, fb)
+    bg = torch.rand(2, 3, dtype=torch.float64)
+    for cols in (s["colors"], s["colors"][0]):  # per camera [C,N,D] and shared [N,D]
+        cb = cols[None] if cols.dim() == 3 else cols[None, None]
+        ru = ops.rasterize_render(m2, cn, op, cols, bg, ou, fu, W, H, 16)
+        rb = ops.rasterize_render(m2[None], cn[None], op[None], cb, bg[None], ob, fb, W, H, 16)
+        for x, y in zip(ru, rb):
+            assert x.shape == y.shape[1:] and torch.equal(x, y[0])
+        gi, ga = torch.rand_like(ru[0]), torch.rand_like(ru[1])
+        gu = ops.rasterize_render_bwd(m2, cn, op, cols, bg, ou, fu, ru[3], ru[2], gi, ga, W, H, 16)
+        gb = ops.rasterize_render_bwd(m2[None], cn[None], op[None], cb, bg[None], ob, fb, rb[3], rb[2], gi[None],
+                                      ga[None], W, H, 16)
+        for x, y, want in zip(gu, gb, (m2, cn, op, cols)):
+            assert x.shape == want.shape and torch.equal(x, y.reshape(x.shape))
+    g = [torch.rand_like(t) for t in (m2, dp, cn, op)]
+    vu = ops.rasterize_project_bwd(*u, rr, *g, W, H, 0.3, True)
+    vb = ops.rasterize_project_bwd(*b, rr[None], *(t[None] for t in g), W, H, 0.3, True)
+    for x, y, want in zip(vu, vb, u):
+        assert x.shape == want.shape and torch.equal(x, y[0])
+
+
+def test_backward_ops_read_strided_output_grads():
+    # the output gradients may come expanded (gradient of a sum; an expanded zero for an output with
+    # no gradient), sliced or permuted: read through strides, same results as contiguous copies
+    ops = torch.ops.ffavatar
+    s = make_scene(N=30, C=2, W=26, H=20, D=4, dtype=torch.float64)
+    W, H = 26, 20
+    keys = ("means", "quats", "scales", "opacities", "viewmats", "Ks")
+    m2, dp, cn, op, rr, tl = ops.rasterize_project(*(s[k] for k in keys), W, H, 0.01, 1e10, 0.3, False, 16)
+    offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, W, H, 16)
+    bg = torch.rand(2, 4, dtype=torch.float64)
+    img, alpha, last, final_t = ops.rasterize_render(m2, cn, op, s["colors"], bg, offs, fids, W, H, 16)
+    one = torch.rand((), dtype=torch.float64)
+    wide = torch.rand(2, H, W, 7, dtype=torch.float64)
+    cases = [
+        (one.expand(img.shape), one.expand(alpha.shape)),                      # sum(): all strides 0
+        (torch.zeros(()).double().expand(img.shape), torch.rand_like(alpha)),  # no colour gradient
+        (wide[..., 1:5], wide[..., 6:7]),                                      # channel slices
+        (torch.rand(4, 2, H, W, dtype=torch.float64).permute(1, 2, 3, 0),      # channels outermost
+         torch.rand(2, W, H, 1, dtype=torch.float64).transpose(1, 2)),         # pixels not flat
+        (torch.rand(2, 1, W, 4, dtype=torch.float64).expand(2, H, W, 4), torch.rand_like(alpha)),
+    ]
+    for gi, ga in cases:
+        got = ops.rasterize_render_bwd(m2, cn, op, s["colors"], bg, offs, fids, final_t, last, gi, ga, W, H, 16)
+        want = ops.rasterize_render_bwd(m2, cn, op, s["colors"], bg, offs, fids, final_t, last, gi.contiguous(),
+                                        ga.contiguous(), W, H, 16)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y)
+    g = [torch.rand_like(t) for t in (m2, dp, cn, op)]
+    base = (*(s[k] for k in keys), rr)
+    for gd in (torch.zeros(()).double().expand(dp.shape), torch.rand(2, 30, 3, dtype=torch.float64)[..., 1],
+               torch.rand(30, 2, dtype=torch.float64).t()):
+        got = ops.rasterize_project_bwd(*base, g[0], gd, g[2], g[3], W, H, 0.3, False)
+        want = ops.rasterize_project_bwd(*base, g[0], gd.contiguous(), g[2], g[3], W, H, 0.3, False)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y)
+    tr = ops.rasterize_project_bwd(*base, g[0].transpose(0, 1).contiguous().transpose(0, 1), g[1], g[2], g[3],
+                                   W, H, 0.3, False)
+    for x, y in zip(tr, ops.rasterize_project_bwd(*base, *g, W, H, 0.3, False)):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("render_mode", ["RGB", "RGB+ED"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_grads_when_some_outputs_have_no_gradient(render_mode, batched):
+    # Outputs with no gradient (alphas, images, or all but meta["depths"]) are not materialized as
+    # zeros any more: the gradients must equal those of the same loss with the other outputs x 0.
+    s = make_scene(N=30, C=2, W=24, H=18, D=3, B=2 if batched else None, dtype=torch.float64,
+                   well_conditioned=True)
+    bg = _bg(s, render_mode).requires_grad_(True)
+
+    def grads(loss_fn):
+        ins = {k: (v.detach().clone().requires_grad_(True) if k in DIFF_KEYS else v) for k, v in s.items()}
+        b = bg.detach().clone().requires_grad_(True)
+        img, alpha, meta = rasterize(**ins, backgrounds=b, render_mode=render_mode)
+        gen = torch.Generator().manual_seed(3)
+        w = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in (img, alpha, meta["depths"])]
+        loss_fn(img, alpha, meta["depths"], w).backward()
+        return [ins[k].grad for k in DIFF_KEYS] + [b.grad]
+
+    losses = {
+        "img": (lambda i, a, d, w: (i * w[0]).sum(), lambda i, a, d, w: (i * w[0]).sum() + (a * 0).sum()),
+        "alpha": (lambda i, a, d, w: (a * w[1]).sum(), lambda i, a, d, w: (a * w[1]).sum() + (i * 0).sum()),
+        "depths": (lambda i, a, d, w: (d * w[2]).sum(),
+                   lambda i, a, d, w: (d * w[2]).sum() + (i * 0).sum() + (a * 0).sum()),
+        "sums": (lambda i, a, d, w: i.sum() + a.sum(),
+                 lambda i, a, d, w: (i * torch.ones_like(i)).sum() + (a * torch.ones_like(a)).sum()),
+    }
+    for name, (sparse, dense) in losses.items():
+        got, want = grads(sparse), grads(dense)
+        for k, x, y in zip(DIFF_KEYS + ("backgrounds",), got, want):
+            if x is None or y is None:  # colours with only depths used: no path, no gradient
+                assert name == "depths" and k in ("colors", "backgrounds") and x is None, (name, k)
+                continue
+            assert torch.allclose(x, y, rtol=1e-12, atol=1e-14), (name, k, (x - y).abs().max())
+
+
+def test_opcheck_unbatched():
+    from ffavatar_kernels import _rasterize_ops
+    _rasterize_ops.register()
+    ops = torch.ops.ffavatar
+    s = make_scene(N=12, C=2, W=20, H=18, D=3, dtype=torch.float64)
+    keys = ("means", "quats", "scales", "opacities", "viewmats", "Ks")
+    u = [s[k].clone().requires_grad_(k not in ("viewmats", "Ks")) for k in keys]
+    torch.library.opcheck(ops.rasterize_project, (*u, 20, 18, 0.01, 1e10, 0.3, True, 16))
+    m2, dp, cn, op, rr, tl = (t.detach() for t in ops.rasterize_project(*u, 20, 18, 0.01, 1e10, 0.3, True, 16))
+    torch.library.opcheck(ops.rasterize_bin, (m2, rr, dp, cn, op, tl, 20, 18, 16),
+                          test_utils=("test_schema", "test_faketensor"))
+    offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, 20, 18, 16)
+    cols = torch.rand(12, 3, dtype=torch.float64, requires_grad=True)
+    args = (m2.requires_grad_(True), cn.requires_grad_(True), op.requires_grad_(True), cols, None, offs, fids,
+            20, 18, 16)
+    torch.library.opcheck(ops.rasterize_render, args)
+    img, alpha, last, final_t = ops.rasterize_render(*args)
+    bw = (*args[:7], final_t, last, torch.ones(()).double().expand(img.shape), torch.rand_like(alpha), 20, 18, 16)
+    torch.library.opcheck(ops.rasterize_render_bwd, bw, test_utils=("test_schema", "test_faketensor"))
+
+
 # ---- edge cases -------------------------------------------------------------------------------
 
 def test_zero_gaussians():
@@ -266,6 +400,23 @@ def test_torch_compile():
     img, alpha = f(**s)
     ri, ra, _ = rasterize(**s)
     assert torch.allclose(img, ri, atol=1e-6) and torch.allclose(alpha, ra, atol=1e-6)
+
+
+def test_torch_compile_backward():
+    # the registered autograd (what torch.compile traces) with unmaterialized output gradients
+    s = make_scene(N=30, C=2, W=24, H=16, B=2, dtype=torch.float32)
+
+    def run(fn):
+        ins = {k: (v.detach().clone().requires_grad_(True) if k in DIFF_KEYS else v) for k, v in s.items()}
+        img, alpha = fn(**ins)
+        (img.sum() + 2 * alpha.sum()).backward()
+        return img, [ins[k].grad for k in DIFF_KEYS]
+
+    ci, cg = run(torch.compile(lambda **kw: rasterize(**kw)[:2]))
+    ei, eg = run(lambda **kw: rasterize(**kw)[:2])
+    assert torch.allclose(ci, ei, atol=1e-6)
+    for k, a, b in zip(DIFF_KEYS, cg, eg):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
 
 
 def test_depth_background_fills_empty_pixels_and_nan_options_are_rejected():

@@ -186,6 +186,92 @@ def test_cuda_opcheck():
     torch.library.opcheck(ops.rasterize_render, (means2d, conics, opac, cols, bg, offs, fids, 40, 30, 16))
 
 
+def test_cuda_unbatched_ops_and_strided_output_grads():
+    # unbatched op calls = batched ones; backward ops read expanded / sliced output gradients through
+    # strides (render_bwd adds with atomics: equal to float rounding; project_bwd: exactly)
+    ops = torch.ops.ffavatar
+    s = make_scene(N=300, C=2, W=70, H=50, D=3, spread=0.5, dtype=torch.float32, device="cuda")
+    W, H = 70, 50
+    keys = ("means", "quats", "scales", "opacities", "viewmats", "Ks")
+    u = [s[k] for k in keys]
+    pu = ops.rasterize_project(*u, W, H, 0.01, 1e10, 0.3, False, 16)
+    pb = ops.rasterize_project(*(t[None].contiguous() for t in u), W, H, 0.01, 1e10, 0.3, False, 16)
+    for x, y in zip(pu, pb):
+        assert torch.equal(x, y[0])
+    m2, dp, cn, op, rr, tl = pu
+    offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, W, H, 16)
+    ob, fb = ops.rasterize_bin(m2[None], rr[None], dp[None], cn[None], op[None], tl[None], W, H, 16)
+    assert torch.equal(offs, ob[0]) and torch.equal(fids, fb)
+    img, alpha, last, final_t = ops.rasterize_render(m2, cn, op, s["colors"], None, offs, fids, W, H, 16)
+    rb = ops.rasterize_render(m2[None], cn[None], op[None], s["colors"][None, None], None, ob, fb, W, H, 16)
+    assert torch.equal(img, rb[0][0]) and torch.equal(alpha, rb[1][0])
+    one = torch.rand((), device="cuda")
+    wide = torch.rand(2, H, W, 5, device="cuda")
+    for gi, ga in ((one.expand(img.shape), one.expand(alpha.shape)), (wide[..., 1:4], wide[..., 4:5]),
+                   (torch.zeros((), device="cuda").expand(img.shape), torch.rand_like(alpha))):
+        got = ops.rasterize_render_bwd(m2, cn, op, s["colors"], None, offs, fids, final_t, last, gi, ga, W, H, 16)
+        want = ops.rasterize_render_bwd(m2, cn, op, s["colors"], None, offs, fids, final_t, last, gi.contiguous(),
+                                        ga.contiguous(), W, H, 16)
+        for x, y in zip(got, want):
+            assert rel(x, y) < 1e-6
+    g = [torch.rand_like(t) for t in (m2, dp, cn, op)]
+    zero_d = torch.zeros((), device="cuda").expand(dp.shape)
+    got = ops.rasterize_project_bwd(*u, rr, g[0], zero_d, g[2], g[3], W, H, 0.3, False)
+    want = ops.rasterize_project_bwd(*u, rr, g[0], torch.zeros_like(dp), g[2], g[3], W, H, 0.3, False)
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
+
+
+def _fwd_bwd_peak_bytes(MN, NS, P, D, n_isects, n_tiles, colors_numel):
+    """Analytic peak (bytes above the inputs and their .grad) of rasterize + (img.sum() + alpha.sum())
+    .backward() with the meta dict alive, RGB: MN image-Gaussian pairs, NS scene Gaussians, P pixels.
+    Each allocation rounds up to 512 B (the caching allocator's block). Stages (notes/rasterize.md,
+    fourth pass): the render backward (forward's live set + its 4 zeroed gradient buffers) and the
+    projection backward (final_Ts released, v_colors already accumulated, the render gradients of
+    means2d/conics/opacities2d + an expanded zero for depths + the 4 projection gradients)."""
+    r = lambda n: -(-n // 512) * 512
+    meta = (r(8 * MN) * 2 + r(4 * MN) * 3 + r(12 * MN) + r(MN)  # radii, means2d, depths, opac, tiles, conics, vis
+            + r(4 * n_tiles) + r(4 * n_isects) + r(4 * P))    # isect_offsets, flatten_ids, last_ids
+    live = meta + r(4 * P * D) + r(4 * P) + 4 * 512           # images, alphas; sum/sum/add/ones scalars
+    g2d = r(8 * MN) + r(12 * MN) + r(4 * MN)
+    render_bwd = live + r(4 * P) + g2d + r(4 * colors_numel)  # + final_Ts (saved), render gradients
+    project_bwd = live + g2d + 512 + r(12 * NS) + r(16 * NS) + r(12 * NS) + r(4 * NS)
+    return max(render_bwd, project_bwd)
+
+
+@pytest.mark.parametrize("B", [None, 2])
+def test_cuda_fwd_bwd_peak_memory(B):
+    # No zero-filled gradients for outputs without one, no contiguous copies of expanded output
+    # gradients, v_colors accumulated before the projection backward: the peak stays at the analytic
+    # bound (the third pass's materialized zeros and copies were 6 floats per pixel above it).
+    from ffavatar_kernels._rasterize_scenes import head_scene
+    s = head_scene(C=2, size=384, device="cuda", B=B)
+    s = {k: (v.detach().clone().requires_grad_(True) if k in ("means", "quats", "scales", "opacities", "colors")
+             else v) for k, v in s.items()}
+
+    def step():
+        img, alpha, meta = rasterize(**s)
+        (img.sum() + alpha.sum()).backward()
+        return meta["n_isects"]
+
+    step()  # .grad exists from here on (accumulated in place, as in benchmarks/bench_rasterize.py)
+    torch.cuda.synchronize()
+    # requested bytes: exact (the allocated-bytes peak also counts caching-allocator blocks left unsplit)
+    key = "requested_bytes.all."
+    exact = key + "current" in torch.cuda.memory_stats()
+    base = torch.cuda.memory_stats()[key + "current"] if exact else torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    n_isects = step()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.memory_stats()[key + "peak"] if exact else torch.cuda.max_memory_allocated()) - base
+    Bn = B or 1
+    N = s["means"].shape[-2]
+    MN, P = Bn * 2 * N, Bn * 2 * 384 * 384
+    bound = _fwd_bwd_peak_bytes(MN, Bn * N, P, 3, n_isects, Bn * 2 * 24 * 24, s["colors"].numel())
+    slack = (64 << 10) if exact else (3 << 20)
+    assert peak <= bound + slack, (peak / 2**20, bound / 2**20)
+
+
 # ---- gsplat 1.5.3 comparison ------------------------------------------------------------------
 
 def _gsplat_compare(s, render_mode="RGB", rasterize_mode="classic", bg=None):

@@ -60,15 +60,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales, const at::Tensor& opacities,
     const at::Tensor& viewmats, const at::Tensor& Ks, int64_t width, int64_t height, double near_plane,
     double far_plane, double eps2d, bool antialiased, int64_t tile_size) {
-  Dims d = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, tile_size);
-  auto fo = means.options();
-  auto io = fo.dtype(at::kInt);
-  at::Tensor radii = at::empty({d.B, d.C, d.N, 2}, io);
-  at::Tensor means2d = at::empty({d.B, d.C, d.N, 2}, fo);
-  at::Tensor depths = at::empty({d.B, d.C, d.N}, fo);
-  at::Tensor conics = at::empty({d.B, d.C, d.N, 3}, fo);
-  at::Tensor opac2d = at::empty({d.B, d.C, d.N}, fo);
-  at::Tensor tiles = at::empty({d.B, d.C, d.N}, io);
+  const Sized s = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, tile_size);
+  const Dims& d = s.d;
+  at::Tensor radii, means2d, depths, conics, opac2d, tiles;
+  std::tie(radii, means2d, depths, conics, opac2d, tiles) = alloc_project_outputs(s, means.options());
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "rasterize_project", [&] {
     project_fwd_cpu<scalar_t>(means, quats, scales, opacities, viewmats, Ks, d, near_plane, far_plane, eps2d,
                               antialiased, radii, means2d, depths, conics, opac2d, tiles);
@@ -81,8 +76,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(
     const at::Tensor& viewmats, const at::Tensor& Ks, const at::Tensor& radii, const at::Tensor& v_means2d,
     const at::Tensor& v_depths, const at::Tensor& v_conics, const at::Tensor& v_opac2d, int64_t width,
     int64_t height, double eps2d, bool antialiased) {
-  Dims d = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, 16);
-  check_project_grads(d, radii, v_means2d, v_depths, v_conics, v_opac2d);
+  const Sized s = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, 16);
+  const Dims& d = s.d;
+  check_project_grads(s, radii, v_means2d, v_depths, v_conics, v_opac2d);
+  int64_t sd = 1;  // v_depths: contiguous, or expanded (stride 0: no depth gradient, nothing materialized)
+  const at::Tensor vd = flat_grad(v_depths, &sd);
+  const at::Tensor vm2 = v_means2d.contiguous(), vc = v_conics.contiguous(), vo = v_opac2d.contiguous();
   at::Tensor v_means = at::zeros_like(means), v_quats = at::zeros_like(quats);
   at::Tensor v_scales = at::zeros_like(scales), v_opacities = at::zeros_like(opacities);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "rasterize_project_bwd", [&] {
@@ -90,8 +89,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(
     const T *pm = means.data_ptr<T>(), *pq = quats.data_ptr<T>(), *ps = scales.data_ptr<T>();
     const T *po = opacities.data_ptr<T>(), *pv = viewmats.data_ptr<T>(), *pk = Ks.data_ptr<T>();
     const int32_t* rr = radii.data_ptr<int32_t>();
-    const T *gm2 = v_means2d.data_ptr<T>(), *gd = v_depths.data_ptr<T>();
-    const T *gc = v_conics.data_ptr<T>(), *go = v_opac2d.data_ptr<T>();
+    const T *gm2 = vm2.data_ptr<T>(), *gd = vd.data_ptr<T>();
+    const T *gc = vc.data_ptr<T>(), *go = vo.data_ptr<T>();
     T *om = v_means.data_ptr<T>(), *oq = v_quats.data_ptr<T>(), *os = v_scales.data_ptr<T>();
     T* oo = v_opacities.data_ptr<T>();
     at::parallel_for(0, d.B * d.N, 256, [&](int64_t begin, int64_t end) {
@@ -101,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(
           int64_t m = b * d.C + c, i = m * d.N + n;
           if (rr[i * 2] <= 0 && rr[i * 2 + 1] <= 0) continue;
           splat::project_gaussian_vjp<T>(pm + g * 3, pq + g * 4, ps + g * 3, po[g], pv + m * 16, pk + m * 9, d.W,
-                                         d.H, (T)eps2d, antialiased, gm2 + i * 2, gd[i], gc + i * 3, go[i],
+                                         d.H, (T)eps2d, antialiased, gm2 + i * 2, gd[i * sd], gc + i * 3, go[i],
                                          om + g * 3, oq + g * 4, os + g * 3, oo + g);
         }
       }
@@ -165,17 +164,9 @@ std::tuple<at::Tensor, at::Tensor> bin_cpu(const at::Tensor& means2d, const at::
                                            const at::Tensor& depths, const at::Tensor& conics,
                                            const at::Tensor& opac2d, const at::Tensor& tiles, int64_t width,
                                            int64_t height, int64_t tile_size) {
-  check_image(width, height, tile_size);
-  TORCH_CHECK(means2d.dim() == 4, "rasterize: means2d must have shape [B,C,N,2], got ", means2d.sizes());
-  int64_t B = means2d.size(0), C = means2d.size(1), N = means2d.size(2);
-  Dims d = make_dims(B, C, N, 1, 0, width, height, tile_size);
-  check_shape(means2d, "means2d", {B, C, N, 2});
-  check_shape(radii, "radii", {B, C, N, 2});
-  check_shape(depths, "depths", {B, C, N});
-  check_shape(conics, "conics", {B, C, N, 3});
-  check_shape(opac2d, "opacities2d", {B, C, N});
-  check_shape(tiles, "tiles_per_gauss", {B, C, N});
-  at::Tensor tile_offsets = at::empty({B, C, d.tiles_y, d.tiles_x}, means2d.options().dtype(at::kInt));
+  const Sized s = bin_dims(means2d, radii, depths, conics, opac2d, tiles, width, height, tile_size);
+  const Dims& d = s.d;
+  at::Tensor tile_offsets = at::empty(s.shape({d.C, d.tiles_y, d.tiles_x}), means2d.options().dtype(at::kInt));
   at::Tensor flatten_ids;
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_bin", [&] {
     bin_cpu_impl<scalar_t>(means2d, radii, depths, conics, opac2d, tiles, d, tile_offsets, flatten_ids);

@@ -1,7 +1,9 @@
 // Tile-based 3D Gaussian splatting (gsplat 1.5.3 conventions), forward and backward.
 //
 // The public op (ffavatar_kernels.rasterize) is composed in Python from five registered ops, each
-// batched over B scenes x C cameras = M images (shapes below use B, C, N, D, H, W, T = tiles):
+// batched over B scenes x C cameras = M images (shapes below use B, C, N, D, H, W, T = tiles). Every
+// op also takes its tensors without the leading B (one scene; outputs then have no B either), and
+// colors may be [B,N,D] (shared by the cameras, as [B,1,N,D]):
 //
 //   rasterize_project(means [B,N,3], quats [B,N,4], scales [B,N,3], opacities [B,N],
 //                     viewmats [B,C,4,4], Ks [B,C,3,3], width, height, near, far, eps2d,
@@ -19,6 +21,8 @@
 //        final_Ts [B,C,H,W,1] (final transmittance, kept exactly: 1 - alpha loses it in fp32)
 //   rasterize_render_bwd(..., final_Ts, last_ids, v_render_colors, v_render_alphas)
 //     -> v_means2d, v_conics, v_opacities2d, v_colors
+//   (v_render_colors / v_render_alphas, and v_depths of rasterize_project_bwd, are read through
+//   strides when their pixel / image-Gaussian dims flatten, e.g. the expanded gradient of a sum)
 //
 // This header is torch-free: it declares the CUDA launchers implemented in rasterize_*.cu (raw
 // pointers, sizes, a stream; they return the launch error). All buffers are allocated by the torch
@@ -56,11 +60,14 @@ cudaError_t launch_project_fwd(const float* means, const float* quats, const flo
                                cudaStream_t stream);
 
 // Per Gaussian (thread over B*N), loops over the C cameras: gradients of the projection.
+// v_depths of (image m, Gaussian n) is v_depths[(m*N + n) * v_depths_stride] (1: contiguous; 0: one
+// broadcast value, e.g. an expanded zero when depths get no gradient).
 cudaError_t launch_project_bwd(const float* means, const float* quats, const float* scales, const float* opacities,
                                const float* viewmats, const float* Ks, const Dims& d, float eps2d, bool antialiased,
                                const int32_t* radii, const float* v_means2d, const float* v_depths,
-                               const float* v_conics, const float* v_opac2d, float* v_means, float* v_quats,
-                               float* v_scales, float* v_opacities, cudaStream_t stream);
+                               int64_t v_depths_stride, const float* v_conics, const float* v_opac2d,
+                               float* v_means, float* v_quats, float* v_scales, float* v_opacities,
+                               cudaStream_t stream);
 
 // Binning. Step 1: inclusive scan of tiles_per_gauss into offsets (int32, M*N entries; the last is
 // the intersection count).
@@ -86,11 +93,17 @@ cudaError_t launch_render_fwd(const float* means2d, const float* conics, const f
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
                               int64_t n_isects, const Dims& d, float* out_colors, float* out_alphas,
                               int32_t* last_ids, float* final_Ts, cudaStream_t stream);
+// Output gradients are read with strides (pixel p = (m*H + i)*W + j, channel c): v_colors_out[p * vc_pix
+// + c * vc_ch], v_alphas_out[p * va_pix]; contiguous is (D, 1, 1), the expanded gradient of a sum (0, 0, 0).
+struct GradStrides {
+  int64_t vc_pix, vc_ch, va_pix;
+};
 cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
                               int64_t n_isects, const Dims& d, const float* final_Ts, const int32_t* last_ids,
-                              const float* v_colors_out, const float* v_alphas_out, float* v_means2d,
-                              float* v_conics, float* v_opac2d, float* v_colors, cudaStream_t stream);
+                              const float* v_colors_out, const float* v_alphas_out, GradStrides gs,
+                              float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
+                              cudaStream_t stream);
 #endif
 
 // Number of bits needed for values in [0, n): at least 1.

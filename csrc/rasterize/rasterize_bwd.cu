@@ -96,7 +96,7 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
                                   const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,
                                   int nch, const float* __restrict__ final_Ts, const int32_t* __restrict__ last_ids,
                                   const float* __restrict__ v_out_c, const float* __restrict__ v_out_a,
-                                  float* __restrict__ v_means2d, float* __restrict__ v_conics,
+                                  GradStrides gs, float* __restrict__ v_means2d, float* __restrict__ v_conics,
                                   float* __restrict__ v_opac2d, float* __restrict__ v_colors) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
@@ -140,11 +140,11 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
   float bg_dot = 0.f;
 #pragma unroll
   for (int q = 0; q < CH; ++q) {
-    vrc[q] = (inside && q < nch) ? v_out_c[pix * d.D + chan0 + q] : 0.f;
+    vrc[q] = (inside && q < nch) ? v_out_c[pix * gs.vc_pix + (chan0 + q) * gs.vc_ch] : 0.f;
     buf[q] = 0.f;
     if (backgrounds && q < nch) bg_dot += backgrounds[m * d.D + chan0 + q] * vrc[q];
   }
-  const float vra = (inside && chan0 == 0) ? v_out_a[pix] : 0.f;
+  const float vra = (inside && chan0 == 0) ? v_out_a[pix * gs.va_pix] : 0.f;
 
   for (int32_t be = range_end; be > start; be -= nt) {
     const int32_t bstart = max(start, be - nt);
@@ -280,8 +280,8 @@ template <int CH>
 cudaError_t launch_ch(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                       const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
                       int64_t n_isects, const Dims& d, int chan0, int nch, const float* final_Ts,
-                      const int32_t* last_ids, const float* v_out_c, const float* v_out_a, float* v_means2d,
-                      float* v_conics, float* v_opac2d, float* v_colors, cudaStream_t stream) {
+                      const int32_t* last_ids, const float* v_out_c, const float* v_out_a, GradStrides gs,
+                      float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors, cudaStream_t stream) {
   int nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
   dim3 grid(d.tiles_x, d.tiles_y, (unsigned)(d.B * d.C));
   const size_t shmem = shmem_bytes<CH>(nt);
@@ -292,8 +292,8 @@ cudaError_t launch_ch(const float* means2d, const float* conics, const float* op
   }
   render_bwd_kernel<CH><<<grid, nt, shmem, stream>>>(reinterpret_cast<const float2*>(means2d), conics, opac2d, colors,
                                                      backgrounds, tile_offsets, flatten_ids, (int32_t)n_isects, d,
-                                                     chan0, nch, final_Ts, last_ids, v_out_c, v_out_a, v_means2d,
-                                                     v_conics, v_opac2d, v_colors);
+                                                     chan0, nch, final_Ts, last_ids, v_out_c, v_out_a, gs,
+                                                     v_means2d, v_conics, v_opac2d, v_colors);
   return cudaGetLastError();
 }
 
@@ -324,8 +324,9 @@ inline int max_chunk(int nt) {
 cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
                               int64_t n_isects, const Dims& d, const float* final_Ts, const int32_t* last_ids,
-                              const float* v_colors_out, const float* v_alphas_out, float* v_means2d,
-                              float* v_conics, float* v_opac2d, float* v_colors, cudaStream_t stream) {
+                              const float* v_colors_out, const float* v_alphas_out, GradStrides gs,
+                              float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
+                              cudaStream_t stream) {
   if (d.B * d.C == 0 || n_isects == 0) return cudaSuccess;
   if (d.B * d.C > 65535) return cudaErrorInvalidConfiguration;
   int64_t D = d.D;
@@ -336,8 +337,8 @@ cudaError_t launch_render_bwd(const float* means2d, const float* conics, const f
     cudaError_t e;
 #define FFA_CH(CHN)                                                                                           \
   e = launch_ch<CHN>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, n_isects, d,  \
-                     (int)chan0, nch, final_Ts, last_ids, v_colors_out, v_alphas_out, v_means2d, v_conics,   \
-                     v_opac2d, v_colors, stream)
+                     (int)chan0, nch, final_Ts, last_ids, v_colors_out, v_alphas_out, gs, v_means2d,         \
+                     v_conics, v_opac2d, v_colors, stream)
     if (nch <= 1) FFA_CH(1);
     else if (nch == 2) FFA_CH(2);
     else if (nch == 3) FFA_CH(3);

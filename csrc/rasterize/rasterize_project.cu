@@ -47,7 +47,8 @@ __global__ void project_bwd_kernel(const float* __restrict__ means, const float*
                                    const float* __restrict__ viewmats, const float* __restrict__ Ks, Dims d,
                                    float eps2d, bool antialiased, const int32_t* __restrict__ radii,
                                    const float* __restrict__ v_means2d, const float* __restrict__ v_depths,
-                                   const float* __restrict__ v_conics, const float* __restrict__ v_opac2d,
+                                   int64_t v_depths_stride, const float* __restrict__ v_conics,
+                                   const float* __restrict__ v_opac2d,
                                    float* __restrict__ v_means, float* __restrict__ v_quats,
                                    float* __restrict__ v_scales, float* __restrict__ v_opacities) {
   int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -63,8 +64,8 @@ __global__ void project_bwd_kernel(const float* __restrict__ means, const float*
     int2 r = reinterpret_cast<const int2*>(radii)[i];
     if (r.x <= 0 && r.y <= 0) continue;
     splat::project_gaussian_vjp<float>(mean, quat, scale, op, viewmats + m * 16, Ks + m * 9, d.W, d.H, eps2d,
-                                       antialiased, v_means2d + i * 2, v_depths[i], v_conics + i * 3, v_opac2d[i],
-                                       vm, vq, vs, &vo);
+                                       antialiased, v_means2d + i * 2, v_depths[i * v_depths_stride], v_conics + i * 3,
+                                       v_opac2d[i], vm, vq, vs, &vo);
   }
   for (int k = 0; k < 3; ++k) v_means[g * 3 + k] = vm[k];
   for (int k = 0; k < 4; ++k) v_quats[g * 4 + k] = vq[k];
@@ -143,13 +144,15 @@ cudaError_t launch_project_fwd(const float* means, const float* quats, const flo
 cudaError_t launch_project_bwd(const float* means, const float* quats, const float* scales, const float* opacities,
                                const float* viewmats, const float* Ks, const Dims& d, float eps2d, bool antialiased,
                                const int32_t* radii, const float* v_means2d, const float* v_depths,
-                               const float* v_conics, const float* v_opac2d, float* v_means, float* v_quats,
-                               float* v_scales, float* v_opacities, cudaStream_t stream) {
+                               int64_t v_depths_stride, const float* v_conics, const float* v_opac2d,
+                               float* v_means, float* v_quats, float* v_scales, float* v_opacities,
+                               cudaStream_t stream) {
   int64_t n = d.B * d.N;
   if (n == 0) return cudaSuccess;
   project_bwd_kernel<<<blocks_for(n), kThreads, 0, stream>>>(means, quats, scales, opacities, viewmats, Ks, d, eps2d,
-                                                              antialiased, radii, v_means2d, v_depths, v_conics,
-                                                              v_opac2d, v_means, v_quats, v_scales, v_opacities);
+                                                              antialiased, radii, v_means2d, v_depths,
+                                                              v_depths_stride, v_conics, v_opac2d, v_means, v_quats,
+                                                              v_scales, v_opacities);
   return cudaGetLastError();
 }
 

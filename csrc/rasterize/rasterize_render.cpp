@@ -97,13 +97,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cpu(const at::
                                                           const at::Tensor& tile_offsets,
                                                           const at::Tensor& flatten_ids, int64_t width,
                                                           int64_t height, int64_t tile_size) {
-  Dims d = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height,
-                       tile_size);
+  const Sized s = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width,
+                              height, tile_size);
+  const Dims& d = s.d;
   auto fo = means2d.options();
-  at::Tensor out_c = at::empty({d.B, d.C, d.H, d.W, d.D}, fo);
-  at::Tensor out_a = at::empty({d.B, d.C, d.H, d.W, 1}, fo);
-  at::Tensor last = at::empty({d.B, d.C, d.H, d.W}, fo.dtype(at::kInt));
-  at::Tensor final_T = at::empty({d.B, d.C, d.H, d.W, 1}, fo);
+  at::Tensor out_c = at::empty(s.shape({d.C, d.H, d.W, d.D}), fo);
+  at::Tensor out_a = at::empty(s.shape({d.C, d.H, d.W, 1}), fo);
+  at::Tensor last = at::empty(s.shape({d.C, d.H, d.W}), fo.dtype(at::kInt));
+  at::Tensor final_T = at::empty(s.shape({d.C, d.H, d.W, 1}), fo);
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_render", [&] {
     render_fwd_cpu<scalar_t>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, d, out_c,
                              out_a, last, final_T);
@@ -118,14 +119,15 @@ template <typename T>
 void render_bwd_cpu(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d,
                     const at::Tensor& colors, const c10::optional<at::Tensor>& backgrounds,
                     const at::Tensor& tile_offsets, const at::Tensor& flatten_ids, const Dims& d,
-                    const at::Tensor& final_Ts, const at::Tensor& last_ids, const at::Tensor& v_out_c,
-                    const at::Tensor& v_out_a, at::Tensor& v_means2d, at::Tensor& v_conics, at::Tensor& v_opac2d,
+                    const at::Tensor& final_Ts, const at::Tensor& last_ids, const PixelGrad& v_out_c,
+                    const PixelGrad& v_out_a, at::Tensor& v_means2d, at::Tensor& v_conics, at::Tensor& v_opac2d,
                     at::Tensor& v_colors) {
   const T *m2 = means2d.data_ptr<T>(), *cc = conics.data_ptr<T>(), *oo = opac2d.data_ptr<T>();
   const T* col = colors.data_ptr<T>();
   const T* bg = backgrounds.has_value() ? backgrounds->data_ptr<T>() : nullptr;
   const int32_t *to = tile_offsets.data_ptr<int32_t>(), *fid = flatten_ids.data_ptr<int32_t>();
-  const T *tf_out = final_Ts.data_ptr<T>(), *gc = v_out_c.data_ptr<T>(), *ga = v_out_a.data_ptr<T>();
+  const T *tf_out = final_Ts.data_ptr<T>(), *gc = v_out_c.t.data_ptr<T>(), *ga = v_out_a.t.data_ptr<T>();
+  const int64_t gc_pix = v_out_c.pix, gc_ch = v_out_c.ch, ga_pix = v_out_a.pix;  // output-gradient strides
   const int32_t* pl = last_ids.data_ptr<int32_t>();
   const int64_t TP = (int64_t)d.tiles_x * d.tiles_y, M = d.B * d.C, MT = M * TP, D = d.D;
   const int64_t n_isects = flatten_ids.numel();
@@ -147,11 +149,11 @@ void render_bwd_cpu(const at::Tensor& means2d, const at::Tensor& conics, const a
           T px = T(j) + T(0.5), py = T(i) + T(0.5);
           const T T_final = tf_out[pix];
           T Tr = T_final;
-          const T* vrc = gc + pix * D;
-          T vra = ga[pix];
+          const T* vrc = gc + pix * gc_pix;  // channel k2 at vrc[k2 * gc_ch]
+          T vra = ga[pix * ga_pix];
           T bg_dot = T(0);
           if (bg)
-            for (int64_t k2 = 0; k2 < D; ++k2) bg_dot += bg[m * D + k2] * vrc[k2];
+            for (int64_t k2 = 0; k2 < D; ++k2) bg_dot += bg[m * D + k2] * vrc[k2 * gc_ch];
           std::fill(buf.begin(), buf.end(), T(0));
           for (int64_t k = last; k >= r.start; --k) {
             int64_t g = fid[k];
@@ -166,8 +168,9 @@ void render_bwd_cpu(const at::Tensor& means2d, const at::Tensor& conics, const a
             T* s = slots.data() + k * S;
             T v_alpha = T(0);
             for (int64_t k2 = 0; k2 < D; ++k2) {
-              s[6 + k2] += fac * vrc[k2];
-              v_alpha += (cg[k2] * Tr - buf[k2] * ra) * vrc[k2];
+              const T vk = vrc[k2 * gc_ch];
+              s[6 + k2] += fac * vk;
+              v_alpha += (cg[k2] * Tr - buf[k2] * ra) * vk;
               buf[k2] += cg[k2] * fac;
             }
             v_alpha += T_final * ra * vra - T_final * ra * bg_dot;
@@ -206,17 +209,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cpu_entry(
     const c10::optional<at::Tensor>& backgrounds, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
     const at::Tensor& final_Ts, const at::Tensor& last_ids, const at::Tensor& v_render_colors,
     const at::Tensor& v_render_alphas, int64_t width, int64_t height, int64_t tile_size) {
-  Dims d = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height,
-                       tile_size);
-  check_shape(final_Ts, "final_Ts", {d.B, d.C, d.H, d.W, 1});
-  check_shape(last_ids, "last_ids", {d.B, d.C, d.H, d.W});
-  check_shape(v_render_colors, "v_render_colors", {d.B, d.C, d.H, d.W, d.D});
-  check_shape(v_render_alphas, "v_render_alphas", {d.B, d.C, d.H, d.W, 1});
+  const Sized s = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width,
+                              height, tile_size);
+  const Dims& d = s.d;
+  check_render_grads(s, final_Ts, last_ids, v_render_colors, v_render_alphas);
+  const PixelGrad gc = pixel_grad(v_render_colors), ga = pixel_grad(v_render_alphas);
   at::Tensor v_means2d = at::zeros_like(means2d), v_conics = at::zeros_like(conics);
   at::Tensor v_opac2d = at::zeros_like(opac2d), v_colors = at::zeros_like(colors);
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_render_bwd", [&] {
     render_bwd_cpu<scalar_t>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, d,
-                             final_Ts, last_ids, v_render_colors, v_render_alphas, v_means2d, v_conics,
+                             final_Ts, last_ids, gc, ga, v_means2d, v_conics,
                              v_opac2d, v_colors);
   });
   return {v_means2d, v_conics, v_opac2d, v_colors};
