@@ -54,8 +54,57 @@ __device__ __forceinline__ void gaussian_inputs(int64_t n, bool valid, const I* 
   canonical_quat(valid && quats ? quats + n * 4 : nullptr, qc);
 }
 
+// One vertex, one frame, float4 shapedirs (S4 = S/4 <= kWarp*U) and P <= 2*kWarp: every shapedirs and
+// posedirs load of the vertex is issued before the first FMA (one memory round trip per vertex
+// instead of 3-4 in blend_shape's loop). Same summation order as blend_shape<1, true> followed by
+// add_pose_correctives<1> (lane's s4 ascending, then its p ascending).
+template <int U>
+__device__ __forceinline__ void blend_vertex_one(const float* __restrict__ sd, const float* __restrict__ pd,
+                                                 const float* s_b, const float* s_pf, int v, int V, int S, int P,
+                                                 int lane, float (&acc)[3]) {
+  const int S4 = S >> 2;
+  const float4* row = reinterpret_cast<const float4*>(sd + (int64_t)v * 3 * S);
+  float4 x[U][3];
+  float y[2][3];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int s4 = lane + u * kWarp;
+#pragma unroll
+    for (int r = 0; r < 3; ++r) x[u][r] = s4 < S4 ? __ldg(row + r * S4 + s4) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int p = lane + u * kWarp;
+    const float* col = pd + (int64_t)p * V * 3 + (int64_t)v * 3;
+#pragma unroll
+    for (int c = 0; c < 3; ++c) y[u][c] = p < P ? __ldg(col + c) : 0.f;
+  }
+  const float4* sb4 = reinterpret_cast<const float4*>(s_b);
+  acc[0] = acc[1] = acc[2] = 0.f;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int s4 = lane + u * kWarp;
+    if (s4 < S4) {
+      const float4 bb = sb4[s4];
+#pragma unroll
+      for (int r = 0; r < 3; ++r)
+        acc[r] += x[u][r].x * bb.x + x[u][r].y * bb.y + x[u][r].z * bb.z + x[u][r].w * bb.w;
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int p = lane + u * kWarp;
+    if (p < P) {
+      const float f = s_pf[p];
+#pragma unroll
+      for (int c = 0; c < 3; ++c) acc[c] += y[u][c] * f;
+    }
+  }
+}
+constexpr int kFusedS4 = 4;  // blend_vertex_one handles S <= 4 * kWarp * kFusedS4 = 512
+
 template <typename I, int KT, int JT, bool VEC4>
-__global__ void __launch_bounds__(kFusedThreads) skin_fused_kernel(
+__global__ void __launch_bounds__(kFusedThreads, 3) skin_fused_kernel(
     const float* __restrict__ betas, const float* __restrict__ pose, bool is_matrix, const float* __restrict__ Jt,
     const float* __restrict__ Jd, Parents par, const float* __restrict__ vt, const float* __restrict__ sd,
     const float* __restrict__ pd, const float* __restrict__ W, const float* __restrict__ wgp,
@@ -105,8 +154,12 @@ __global__ void __launch_bounds__(kFusedThreads) skin_fused_kernel(
   const int vblocks = gridDim.x > 1 ? gridDim.x - 1 : 1;
   for (int v = blockIdx.x * nw + warp; blockIdx.x < vblocks && v < V; v += vblocks * nw) {
     float acc[1][3];
-    blend_shape<1, VEC4>(sd, s_b, v, S, lane, acc);
-    add_pose_correctives<1>(pd, s_pf, v, V, P, lane, acc);
+    if (VEC4 && S <= 4 * kWarp * kFusedS4 && P <= 2 * kWarp) {
+      blend_vertex_one<kFusedS4>(sd, pd, s_b, s_pf, v, V, S, P, lane, acc[0]);
+    } else {
+      blend_shape<1, VEC4>(sd, s_b, v, S, lane, acc);
+      add_pose_correctives<1>(pd, s_pf, v, V, P, lane, acc);
+    }
 #pragma unroll
     for (int c = 0; c < 3; ++c) acc[0][c] = warp_sum(acc[0][c]);
     if (lane == 0)
