@@ -43,7 +43,8 @@ TORCH_LIBRARY(ffavatar, m) {
 
 
   // Fused one-frame forward of skin_gaussians (B = 1, J <= 8, no autograd; CUDA kernel, CPU = the
-  // composition of the three ops above): joints, v_posed and the Gaussians in one cooperative launch.
+  // composition of the three ops above): joints + v_posed in one kernel, the Gaussians in a second
+  // (programmatic dependent launch), instead of three dependent kernels.
   // ffavatar_kernels.skin_gaussians takes this path for one frame when no input requires grad.
   m.def("flame_skin_gaussians(Tensor betas, Tensor pose, Tensor J_template, Tensor J_dirs, int[] parents, "
         "Tensor v_template, Tensor shapedirs, Tensor posedirs, Tensor lbs_weights, Tensor anchor_idx, "

@@ -341,7 +341,7 @@ _FUSED_MAX_JOINTS = 8  # kFusedMaxJoints (flame_lbs.h)
 
 def _use_fused(betas, J: int, tensors) -> bool:
     """One frame on CUDA, no gradient needed, not under torch.compile, FFAVATAR_NO_FUSED unset: the
-    fused flame_skin_gaussians op (one launch instead of three)."""
+    fused flame_skin_gaussians op (two launches instead of three)."""
     if betas.shape[0] != 1 or not betas.is_cuda or J > _FUSED_MAX_JOINTS or torch.compiler.is_compiling():
         return False
     if os.environ.get("FFAVATAR_NO_FUSED", "0") not in ("", "0"):

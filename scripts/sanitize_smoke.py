@@ -30,7 +30,7 @@ def main(which):
         a = lbs_inputs(dev, B=B)
         m, qq = fk.skin_gaussians(*a.values(), idx, w, off, q)
         (m.square().sum() + qq.sum()).backward()
-    with torch.no_grad():  # one frame without grad: the fused cooperative kernel (flame_skin_gaussians)
+    with torch.no_grad():  # one frame without grad: the fused path (flame_skin_gaussians)
         a = lbs_inputs(dev, B=1)
         for n in (N, 300_000):  # 300K: more Gaussians than resident threads (grid-stride)
             ii = torch.randint(0, 300, (n, 4), device=dev)

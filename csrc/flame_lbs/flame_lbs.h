@@ -73,8 +73,8 @@ cudaError_t launch_gaussians_bwd(const float* grad_means, const float* grad_q, c
                                  int N, int K, float* grad_vposed, float* grad_A, float* grad_W, float* grad_aw,
                                  float* grad_off, float* grad_quats, cudaStream_t stream);
 
-// Fused one-frame forward (flame_skin_gaussians, flame_skin_fused.cu): joints + v_posed + Gaussians in
-// one cooperative launch. B = 1, J <= kFusedMaxJoints. Outputs: v_posed [V,kVP], joints [J,3], A [J,16]
+// Fused one-frame forward (flame_skin_gaussians, flame_skin_fused.cu): joints + v_posed in one kernel,
+// then the Gaussian kernel as a programmatic dependent launch. B = 1, J <= kFusedMaxJoints. Outputs: v_posed [V,kVP], joints [J,3], A [J,16]
 // (scratch the caller may drop), means [N,3], qout [N,4]. wg / offsets ([N,3]) / quats may be null.
 constexpr int kFusedMaxJoints = 8;
 template <typename I>

@@ -1,22 +1,20 @@
-// Fused one-frame forward of skin_gaussians (flame_skin_gaussians op): joints, the shape / pose blend
-// of the base vertices and the anchored Gaussians in ONE cooperative launch with one grid barrier,
-// for the real-time animation case (B = 1, no autograd). The three-kernel path (flame_lbs_fwd.cu)
-// pays three dependent launches of 5-10 µs each at B = 1; here:
-//   phase 0 (every block): betas and the pose features R_j - I into shared memory (Rodrigues per
-//     block: J rotations, cheaper than waiting for another block); the last block also runs the
-//     kinematic chain (rest joints from J_template / J_dirs) and writes A [J,16] and joints.
-//     Every thread loads its first Gaussian's anchors, weights, joint weights and quaternion, so
-//     those loads overlap the vertex phase.
-//   phase 1: one warp per base vertex (grid-stride): shapedirs blend + pose correctives -> v_posed
-//     [V,kVP] (the summation order of the vertex kernel at BT = 1, so v_posed is bitwise the same).
-//   grid barrier (cooperative_groups; the launch is cooperative, so every block is resident)
-//   phase 2: A into shared memory, then one thread per Gaussian (grid-stride): gaussian_frame_fwd.
-// Data written before the barrier (v_posed, A) is read with ld.global.cg (L2, coherent), never
-// through the read-only path.
-#include <cooperative_groups.h>
-
+// One-frame forward of skin_gaussians (flame_skin_gaussians op) in two launches instead of three, for
+// the real-time animation case (B = 1, no autograd):
+//   (1) vposed_one_kernel: every block puts betas and the pose features R_j - I in shared memory
+//       (Rodrigues per block: J rotations, cheaper than waiting for the joints kernel); the last block
+//       runs the rest joints (J_template + J_dirs . betas) and the kinematic chain and writes A [J,16]
+//       and joints; the other blocks blend the base vertices, one warp per vertex with every
+//       shapedirs / posedirs load of the vertex in flight at once -> v_posed [V,kVP] (the summation
+//       order of the vertex kernel at BT = 1, so v_posed is bitwise the same). It triggers its
+//       dependents at once and is sized to two blocks per SM, so
+//   (2) the Gaussian kernel (gaussians_fwd_kernel, programmatic dependent launch) becomes resident
+//       while (1) streams shapedirs, loads its anchors / joint weights / quaternions, and waits only
+//       before it reads v_posed and A.
+// (A single cooperative kernel with a grid barrier was measured first: the cooperative launch cost
+// ~4.5 µs per call in CUDA-graph replay on the H200, more than the second launch does.)
 #include <algorithm>
 
+#include "common/pdl.cuh"
 #include "flame_lbs/flame_lbs.h"
 #include "flame_lbs/lbs_device.cuh"
 
@@ -24,35 +22,20 @@ namespace ffa {
 namespace lbs {
 namespace {
 
-namespace cg = cooperative_groups;
 constexpr int kFusedThreads = 256;
+constexpr int kFusedBlocksPerSM = 2;  // leaves room for the Gaussian kernel's blocks (PDL)
 
-struct FusedSmem {  // float offsets into the dynamic shared buffer
-  int b, A, rot, pf, rest, G, total;
+struct FusedSmem {  // float offsets into the dynamic shared buffer: betas [S], rot [J,9], pose features
+  int b, rot, pf, rest, G, total;  // [P], rest joints [J,3], chain scratch [J,12]
   __host__ __device__ FusedSmem(int J, int S) {
     b = 0;
-    A = (S + 3) & ~3;  // float4 reads of s_A and s_b need 16-byte offsets
-    rot = A + J * 16;
+    rot = (S + 3) & ~3;
     pf = rot + J * 9;
     rest = pf + (J - 1) * 9;
     G = rest + J * 3;
     total = G + J * 12;
   }
 };
-
-template <int KT, int JT, typename I>
-__device__ __forceinline__ void gaussian_inputs(int64_t n, bool valid, const I* __restrict__ idx,
-                                                const float* __restrict__ aw, const float* __restrict__ wgp,
-                                                const float* __restrict__ W, const float* __restrict__ quats, int J,
-                                                I (&id)[KT], float (&w)[KT], float (&wg)[JT], float (&qc)[4]) {
-#pragma unroll
-  for (int k = 0; k < KT; ++k) {
-    id[k] = valid ? idx[n * KT + k] : I(0);
-    w[k] = valid ? aw[n * KT + k] : 0.f;
-  }
-  gaussian_joint_weights<KT, JT>(wgp ? wgp + n * J : nullptr, W, id, w, J, valid, wg);
-  canonical_quat(valid && quats ? quats + n * 4 : nullptr, qc);
-}
 
 // One vertex, one frame, float4 shapedirs (S4 = S/4 <= kWarp*U) and P <= 2*kWarp: every shapedirs and
 // posedirs load of the vertex is issued before the first FMA (one memory round trip per vertex
@@ -103,21 +86,17 @@ __device__ __forceinline__ void blend_vertex_one(const float* __restrict__ sd, c
 }
 constexpr int kFusedS4 = 4;  // blend_vertex_one handles S <= 4 * kWarp * kFusedS4 = 512
 
-template <typename I, int KT, int JT, bool VEC4>
-__global__ void __launch_bounds__(kFusedThreads, 3) skin_fused_kernel(
+template <bool VEC4>
+__global__ void __launch_bounds__(kFusedThreads) vposed_one_kernel(
     const float* __restrict__ betas, const float* __restrict__ pose, bool is_matrix, const float* __restrict__ Jt,
     const float* __restrict__ Jd, Parents par, const float* __restrict__ vt, const float* __restrict__ sd,
-    const float* __restrict__ pd, const float* __restrict__ W, const float* __restrict__ wgp,
-    const I* __restrict__ idx, const float* __restrict__ aw, const float* __restrict__ off,
-    const float* __restrict__ quats, bool means_only, int V, int J, int S, int N, float* v_posed, float* joints,
-    float* A, float* __restrict__ means, float* __restrict__ qout) {
+    const float* __restrict__ pd, int V, int J, int S, float* __restrict__ v_posed, float* __restrict__ joints,
+    float* __restrict__ A) {
   extern __shared__ __align__(16) float smem[];
+  pdl_trigger();  // the Gaussian kernel's prologue reads inputs only
   const FusedSmem L(J, S);
-  float *s_b = smem + L.b, *s_A = smem + L.A, *s_rot = smem + L.rot, *s_pf = smem + L.pf;
+  float *s_b = smem + L.b, *s_rot = smem + L.rot, *s_pf = smem + L.pf;
   const int P = (J - 1) * 9, tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp, nw = blockDim.x / kWarp;
-  cg::grid_group grid = cg::this_grid();
-
-  // ---- phase 0 ----
   for (int e = tid; e < S; e += blockDim.x) s_b[e] = betas[e];
   for (int j = tid; j < J; j += blockDim.x) {
     float* R = s_rot + j * 9;
@@ -128,10 +107,6 @@ __global__ void __launch_bounds__(kFusedThreads, 3) skin_fused_kernel(
     }
   }
   __syncthreads();
-  for (int e = tid; e < P; e += blockDim.x) {
-    const int k = e % 9;
-    s_pf[e] = s_rot[9 + e] - ((k == 0 || k == 4 || k == 8) ? 1.f : 0.f);
-  }
   if (blockIdx.x == gridDim.x - 1) {  // rest joints (one warp per coordinate) and the chain
     float* s_rest = smem + L.rest;
     for (int o = warp; o < J * 3; o += nw) {
@@ -142,17 +117,15 @@ __global__ void __launch_bounds__(kFusedThreads, 3) skin_fused_kernel(
     }
     __syncthreads();
     if (tid == 0) chain_forward(J, par, s_rot, s_rest, smem + L.G, joints, A);
+    if (gridDim.x > 1) return;
   }
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x, n0 = (int64_t)blockIdx.x * blockDim.x + tid;
-  I id[KT];
-  float w[KT], wg[JT], qc[4];
-  gaussian_inputs<KT, JT>(n0, n0 < N, idx, aw, wgp, W, quats, J, id, w, wg, qc);
+  for (int e = tid; e < P; e += blockDim.x) {
+    const int k = e % 9;
+    s_pf[e] = s_rot[9 + e] - ((k == 0 || k == 4 || k == 8) ? 1.f : 0.f);
+  }
   __syncthreads();
-
-  // ---- phase 1: v_posed (blocks 0 .. G-2: the last one is busy with the chain, which the barrier
-  // would otherwise wait for on top of its share of vertices) ----
   const int vblocks = gridDim.x > 1 ? gridDim.x - 1 : 1;
-  for (int v = blockIdx.x * nw + warp; blockIdx.x < vblocks && v < V; v += vblocks * nw) {
+  for (int v = blockIdx.x * nw + warp; v < V; v += vblocks * nw) {
     float acc[1][3];
     if (VEC4 && S <= 4 * kWarp * kFusedS4 && P <= 2 * kWarp) {
       blend_vertex_one<kFusedS4>(sd, pd, s_b, s_pf, v, V, S, P, lane, acc[0]);
@@ -166,67 +139,39 @@ __global__ void __launch_bounds__(kFusedThreads, 3) skin_fused_kernel(
       reinterpret_cast<float4*>(v_posed)[v] =
           make_float4(vt[v * 3] + acc[0][0], vt[v * 3 + 1] + acc[0][1], vt[v * 3 + 2] + acc[0][2], 0.f);
   }
-
-  grid.sync();
-
-  // ---- phase 2: Gaussians ----
-  for (int e = tid; e < J * 16; e += blockDim.x) s_A[e] = __ldcg(A + e);
-  __syncthreads();
-  for (int64_t n = n0; n < N; n += stride) {
-    if (n != n0) gaussian_inputs<KT, JT>(n, true, idx, aw, wgp, W, quats, J, id, w, wg, qc);
-    gaussian_frame_fwd<KT, JT, true>(id, w, wg, qc, s_A, J, v_posed, off ? off + n * 3 : nullptr, means_only,
-                                     means + n * 3, qout + n * 4);
-  }
 }
 
-template <typename I, int KT, bool VEC4>
-cudaError_t launch_fused_k(const FusedArgs<I>& a, cudaStream_t stream) {
-  auto kernel = skin_fused_kernel<I, KT, 8, VEC4>;
-  const size_t smem = sizeof(float) * (size_t)FusedSmem(a.J, a.S).total;
+template <bool VEC4>
+cudaError_t launch_vposed_one(const float* betas, const float* pose, bool is_matrix, const float* Jt,
+                              const float* Jd, const Parents& par, const float* vt, const float* sd, const float* pd,
+                              int V, int J, int S, float* v_posed, float* joints, float* A, cudaStream_t stream) {
+  auto kernel = vposed_one_kernel<VEC4>;
+  const size_t smem = sizeof(float) * (size_t)FusedSmem(J, S).total;
   if (smem > 48 * 1024)
     FFA_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  int dev = 0, sms = 0, occ = 0, coop = 0;
+  int dev = 0, sms = 0;
   FFA_RETURN_IF_CUDA_ERROR(cudaGetDevice(&dev));
   FFA_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  FFA_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  FFA_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, kFusedThreads, smem));
-  if (!coop || occ < 1) return cudaErrorCooperativeLaunchTooLarge;
-  // enough warps for one vertex each and threads for one Gaussian each, capped to the resident blocks
-  const int64_t want = std::max<int64_t>((a.V + kFusedThreads / kWarp - 1) / (kFusedThreads / kWarp),
-                                         ((int64_t)a.N + kFusedThreads - 1) / kFusedThreads);
-  const int blocks = (int)std::max<int64_t>(1, std::min<int64_t>(want, (int64_t)sms * occ));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(kFusedThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kernel, a.betas, a.pose, a.pose_is_matrix, a.J_template, a.J_dirs, a.parents,
-                            a.v_template, a.shapedirs, a.posedirs, a.W, a.wg, a.idx, a.aw, a.offsets, a.quats,
-                            a.means_only, a.V, a.J, a.S, a.N, a.v_posed, a.joints, a.A, a.means, a.qout);
+  const int per_block = kFusedThreads / kWarp;
+  const int blocks = std::min((V + per_block - 1) / per_block, kFusedBlocksPerSM * sms) + 1;  // + the joints block
+  kernel<<<blocks, kFusedThreads, smem, stream>>>(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed,
+                                                  joints, A);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
 template <typename I>
 cudaError_t launch_skin_fused(const FusedArgs<I>& a, cudaStream_t stream) {
-  if (a.N == 0 && a.V == 0) return cudaSuccess;
   if (a.J > kFusedMaxJoints) return cudaErrorInvalidValue;
-  const bool vec4 = a.S % 4 == 0 && reinterpret_cast<uintptr_t>(a.shapedirs) % 16 == 0;
-#define FFA_LBS_FUSED(KT) \
-  return vec4 ? launch_fused_k<I, KT, true>(a, stream) : launch_fused_k<I, KT, false>(a, stream)
-  switch (a.K) {
-    case 1: FFA_LBS_FUSED(1);
-    case 2: FFA_LBS_FUSED(2);
-    case 3: FFA_LBS_FUSED(3);
-    case 4: FFA_LBS_FUSED(4);
-    default: return cudaErrorInvalidValue;
+  if (a.V > 0 || a.J > 0) {
+    const bool vec4 = a.S % 4 == 0 && reinterpret_cast<uintptr_t>(a.shapedirs) % 16 == 0;
+    auto launch = vec4 ? launch_vposed_one<true> : launch_vposed_one<false>;
+    FFA_RETURN_IF_CUDA_ERROR(launch(a.betas, a.pose, a.pose_is_matrix, a.J_template, a.J_dirs, a.parents, a.v_template,
+                                    a.shapedirs, a.posedirs, a.V, a.J, a.S, a.v_posed, a.joints, a.A, stream));
   }
-#undef FFA_LBS_FUSED
+  return launch_gaussians_fwd<I>(a.v_posed, a.A, a.W, a.wg, a.idx, a.aw, a.offsets, false, a.quats, a.means_only, 1,
+                                 a.V, a.J, a.N, a.K, a.means, a.qout, /*pdl=*/true, stream);
 }
 
 template cudaError_t launch_skin_fused<int32_t>(const FusedArgs<int32_t>&, cudaStream_t);

@@ -37,9 +37,8 @@ __device__ __forceinline__ void fill_smem(float* dst, int n, F get) {
 }
 
 // anchor_point (lbs_math.h, same summation order) with one 16-byte gather per anchor: vp is one
-// frame of v_posed [V,kVP], 16-byte aligned. CG: v_posed was written by this kernel (before a grid
-// barrier): load through L2 (ld.global.cg) instead of the read-only path.
-template <int KT, bool CG = false, typename I>
+// frame of v_posed [V,kVP], 16-byte aligned (written by an earlier kernel: read-only path).
+template <int KT, typename I>
 __device__ __forceinline__ void anchor_point4(const I (&id)[KT], const float (&w)[KT], const float* __restrict__ vp,
                                               const float* __restrict__ off, float (&p)[3]) {
   static_assert(kVP == 4, "v_posed rows must be float4");
@@ -47,8 +46,7 @@ __device__ __forceinline__ void anchor_point4(const I (&id)[KT], const float (&w
   for (int c = 0; c < 3; ++c) p[c] = off ? off[c] : 0.f;
 #pragma unroll
   for (int k = 0; k < KT; ++k) {
-    const float4* src = reinterpret_cast<const float4*>(vp) + id[k];
-    const float4 v = CG ? __ldcg(src) : __ldg(src);
+    const float4 v = __ldg(reinterpret_cast<const float4*>(vp) + id[k]);
     p[0] += w[k] * v.x; p[1] += w[k] * v.y; p[2] += w[k] * v.z;
   }
 }
@@ -140,8 +138,8 @@ __device__ __forceinline__ void add_pose_correctives(const float* __restrict__ p
 
 // One anchored Gaussian in one frame (forward): M = sum_j wg_j A_j (A: the frame's [J,16] in shared
 // memory, float4 broadcast reads; blend_transform's order), the anchored point, Shepperd, stores of
-// mean [3] and quat [4] (16-byte aligned: one float4 store). CG: as anchor_point4.
-template <int KT, int JT, bool CG = false, typename I>
+// mean [3] and quat [4] (16-byte aligned: one float4 store).
+template <int KT, int JT, typename I>
 __device__ __forceinline__ void gaussian_frame_fwd(const I (&id)[KT], const float (&w)[KT], const float (&wg)[JT],
                                                    const float (&qc)[4], const float* sA, int J,
                                                    const float* __restrict__ vp, const float* __restrict__ off,
@@ -162,7 +160,7 @@ __device__ __forceinline__ void gaussian_frame_fwd(const I (&id)[KT], const floa
       }
     }
   }
-  anchor_point4<KT, CG>(id, w, vp, off, p);
+  anchor_point4<KT>(id, w, vp, off, p);
   gaussian_pose(M, p, qc, means_only, m, q);
   for (int c = 0; c < 3; ++c) mean[c] = m[c];
   *reinterpret_cast<float4*>(quat) = make_float4(q[0], q[1], q[2], q[3]);
