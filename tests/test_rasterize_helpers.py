@@ -14,13 +14,13 @@ def make_scene(*args, well_conditioned=False, tweak=None, **kw):
     rejected and drawn again (fresh randomness), so comparisons at 1e-5 test arithmetic, not luck.
     ``tweak(scene)`` edits a draw in place before that check (e.g. needle-thin scales).
     """
-    for _ in range(8):
+    for _ in range(32):  # needle scenes (conics ~1e6) are near a threshold in most draws
         scene = _draw_scene(*args, **kw)
         if tweak is not None:
             tweak(scene)
         if not well_conditioned or not _near_threshold(scene):
             return scene
-    raise AssertionError("make_scene: 8 random draws in a row were near a blending threshold")
+    raise AssertionError("make_scene: 32 random draws in a row were near a blending threshold")
 
 
 def _near_threshold(scene, margin=1e-5) -> bool:
