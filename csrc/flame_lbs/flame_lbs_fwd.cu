@@ -197,9 +197,6 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
                                      const float* __restrict__ quats, bool means_only, int B, int V, int J, int N,
                                      float* __restrict__ means, float* __restrict__ qout) {
   __shared__ float s_A[kGaussFrames * JT * 16];  // [nb,J,16] A of this block's frames
-  // dependents launched with PDL (the next frame's vposed_one_kernel) wait for our completion
-  // before their first read
-  pdl_trigger();
   const int b0 = blockIdx.y * kGaussFrames, nb = min(kGaussFrames, B - b0);
   const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const bool valid = n < N;

@@ -5,9 +5,8 @@
 //       runs the rest joints (J_template + J_dirs . betas) and the kinematic chain and writes A [J,16]
 //       and joints; the other blocks blend the base vertices, one warp per vertex with every
 //       shapedirs / posedirs load of the vertex in flight at once -> v_posed [V,kVP] (the summation
-//       order of the vertex kernel at BT = 1, so v_posed is bitwise the same). It is itself a
-//       programmatic dependent launch that waits before its first read, triggers its dependents
-//       at once and is sized to two blocks per SM, so
+//       order of the vertex kernel at BT = 1, so v_posed is bitwise the same). It triggers its
+//       dependents at once and is sized to two blocks per SM, so
 //   (2) the Gaussian kernel (gaussians_fwd_kernel, programmatic dependent launch) becomes resident
 //       while (1) streams shapedirs, loads its anchors / joint weights / quaternions, and waits only
 //       before it reads v_posed and A.
@@ -94,10 +93,6 @@ __global__ void __launch_bounds__(kFusedThreads) vposed_one_kernel(
     const float* __restrict__ pd, int V, int J, int S, float* __restrict__ v_posed, float* __restrict__ joints,
     float* __restrict__ A) {
   extern __shared__ __align__(16) float smem[];
-  // Launched as a programmatic dependent launch: the blocks become resident while the previous kernel
-  // of the stream finishes (in the animation loop: the previous frame's Gaussian kernel, which
-  // triggers at its start), and wait here for it to complete before reading anything.
-  pdl_wait();
   pdl_trigger();  // the Gaussian kernel's prologue reads inputs only
   const FusedSmem L(J, S);
   float *s_b = smem + L.b, *s_rot = smem + L.rot, *s_pf = smem + L.pf;
@@ -159,8 +154,9 @@ cudaError_t launch_vposed_one(const float* betas, const float* pose, bool is_mat
   FFA_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int per_block = kFusedThreads / kWarp;
   const int blocks = std::min((V + per_block - 1) / per_block, kFusedBlocksPerSM * sms) + 1;  // + the joints block
-  return launch_pdl(true, kernel, dim3(blocks), dim3(kFusedThreads), smem, stream, betas, pose, is_matrix, Jt, Jd, par,
-                    vt, sd, pd, V, J, S, v_posed, joints, A);
+  kernel<<<blocks, kFusedThreads, smem, stream>>>(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed,
+                                                  joints, A);
+  return cudaGetLastError();
 }
 
 }  // namespace
