@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joints_cpu(const at::Tensor& beta
 
 at::Tensor zeros_if_none(const c10::optional<at::Tensor>& t, at::IntArrayRef shape, const at::Tensor& like) {
   if (t.has_value()) {
-    TORCH_CHECK(t->sizes() == shape, "gradient: expected shape ", shape, ", got ", t->sizes());
+    FFA_CHECK(t->sizes() == shape, "gradient: expected shape ", shape, ", got ", t->sizes());
     return t->contiguous();
   }
   return at::zeros(shape, like.options());

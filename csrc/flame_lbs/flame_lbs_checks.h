@@ -13,14 +13,14 @@ namespace ffa {
 namespace lbs {
 
 inline Parents make_parents(at::IntArrayRef parents, int64_t J) {
-  TORCH_CHECK((int64_t)parents.size() == J, "parents: expected ", J, " entries (J from J_template), got ",
+  FFA_CHECK((int64_t)parents.size() == J, "parents: expected ", J, " entries (J from J_template), got ",
               parents.size());
-  TORCH_CHECK(J >= 1 && J <= kMaxJoints, "parents: expected 1..", kMaxJoints, " joints, got ", J);
+  FFA_CHECK(J >= 1 && J <= kMaxJoints, "parents: expected 1..", kMaxJoints, " joints, got ", J);
   Parents par;
   for (int j = 0; j < kMaxJoints; ++j) par.p[j] = -1;
   for (int64_t j = 0; j < J; ++j) {
     int64_t p = parents[j];
-    TORCH_CHECK(j == 0 ? p == -1 : (p >= 0 && p < j), "parents: must be a tree in topological order ",
+    FFA_CHECK(j == 0 ? p == -1 : (p >= 0 && p < j), "parents: must be a tree in topological order ",
                 "(parents[0] == -1, 0 <= parents[j] < j), got parents[", j, "] = ", p);
     par.p[j] = (int32_t)p;
   }
@@ -28,13 +28,13 @@ inline Parents make_parents(at::IntArrayRef parents, int64_t J) {
 }
 
 inline void check_float_tensor(const at::Tensor& t, const char* name, at::ScalarType dt, at::IntArrayRef shape) {
-  TORCH_CHECK(t.scalar_type() == dt, name, ": expected dtype ", dt, ", got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, name, ": expected shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), name, ": must be contiguous");
+  FFA_CHECK(t.scalar_type() == dt, name, ": expected dtype ", dt, ", got ", t.scalar_type());
+  FFA_CHECK(t.sizes() == shape, name, ": expected shape ", shape, ", got ", t.sizes());
+  FFA_CHECK(t.is_contiguous(), name, ": must be contiguous");
 }
 
 inline void check_device(const at::Tensor& t, const char* name, const at::Tensor& ref) {
-  TORCH_CHECK(t.device() == ref.device(), name, ": expected a tensor on ", ref.device(), ", got one on ",
+  FFA_CHECK(t.device() == ref.device(), name, ": expected a tensor on ", ref.device(), ", got one on ",
               t.device());
 }
 
@@ -46,12 +46,12 @@ struct JointSizes {
 
 inline JointSizes check_joints_args(const at::Tensor& betas, const at::Tensor& pose, const at::Tensor& J_template,
                                     const at::Tensor& J_dirs) {
-  TORCH_CHECK(betas.dim() == 2, "betas: expected shape [B,S], got ", betas.sizes());
-  TORCH_CHECK(J_template.dim() == 2 && J_template.size(1) == 3, "J_template: expected [J,3], got ",
+  FFA_CHECK(betas.dim() == 2, "betas: expected shape [B,S], got ", betas.sizes());
+  FFA_CHECK(J_template.dim() == 2 && J_template.size(1) == 3, "J_template: expected [J,3], got ",
               J_template.sizes());
   JointSizes z{betas.size(0), J_template.size(0), betas.size(1), pose.dim() == 4};
   auto dt = betas.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "betas: expected dtype float32 or float64, got ", dt);
+  FFA_CHECK(dt == at::kFloat || dt == at::kDouble, "betas: expected dtype float32 or float64, got ", dt);
   check_float_tensor(betas, "betas", dt, {z.B, z.S});
   if (z.pose_is_matrix) check_float_tensor(pose, "pose", dt, {z.B, z.J, 3, 3});
   else check_float_tensor(pose, "pose", dt, {z.B, z.J, 3});
@@ -70,13 +70,13 @@ struct VertexSizes {
 inline VertexSizes check_vertex_args(const at::Tensor& betas, const at::Tensor& rot, const at::Tensor& A,
                                      const at::Tensor& v_template, const at::Tensor& shapedirs,
                                      const at::Tensor& posedirs, const at::Tensor& W) {
-  TORCH_CHECK(betas.dim() == 2, "betas: expected shape [B,S], got ", betas.sizes());
-  TORCH_CHECK(v_template.dim() == 2, "v_template: expected shape [V,3], got ", v_template.sizes());
-  TORCH_CHECK(rot.dim() == 4, "rot_mats: expected shape [B,J,3,3], got ", rot.sizes());
+  FFA_CHECK(betas.dim() == 2, "betas: expected shape [B,S], got ", betas.sizes());
+  FFA_CHECK(v_template.dim() == 2, "v_template: expected shape [V,3], got ", v_template.sizes());
+  FFA_CHECK(rot.dim() == 4, "rot_mats: expected shape [B,J,3,3], got ", rot.sizes());
   VertexSizes z{betas.size(0), v_template.size(0), rot.size(1), betas.size(1)};
   auto dt = betas.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "betas: expected dtype float32 or float64, got ", dt);
-  TORCH_CHECK(z.J >= 1 && z.J <= kMaxJoints, "rot_mats: expected 1..", kMaxJoints, " joints, got ", z.J);
+  FFA_CHECK(dt == at::kFloat || dt == at::kDouble, "betas: expected dtype float32 or float64, got ", dt);
+  FFA_CHECK(z.J >= 1 && z.J <= kMaxJoints, "rot_mats: expected 1..", kMaxJoints, " joints, got ", z.J);
   check_float_tensor(betas, "betas", dt, {z.B, z.S});
   check_float_tensor(rot, "rot_mats", dt, {z.B, z.J, 3, 3});
   check_float_tensor(A, "transforms", dt, {z.B, z.J, 4, 4});
@@ -98,21 +98,21 @@ inline GaussianSizes check_gaussian_args(const at::Tensor& v_posed, const at::Te
                                          const c10::optional<at::Tensor>& offsets,
                                          const c10::optional<at::Tensor>& quats,
                                          const c10::optional<at::Tensor>& joint_weights) {
-  TORCH_CHECK(v_posed.dim() == 3, "v_posed: expected shape [B,V,", kVP, "] (flame_lbs' padded v_posed), got ",
+  FFA_CHECK(v_posed.dim() == 3, "v_posed: expected shape [B,V,", kVP, "] (flame_lbs' padded v_posed), got ",
               v_posed.sizes());
-  TORCH_CHECK(W.dim() == 2, "lbs_weights: expected shape [V,J], got ", W.sizes());
-  TORCH_CHECK(idx.dim() == 2, "anchor_idx: expected shape [N,K], got ", idx.sizes());
+  FFA_CHECK(W.dim() == 2, "lbs_weights: expected shape [V,J], got ", W.sizes());
+  FFA_CHECK(idx.dim() == 2, "anchor_idx: expected shape [N,K], got ", idx.sizes());
   GaussianSizes z{v_posed.size(0), v_posed.size(1), W.size(1), idx.size(0), idx.size(1), false};
   auto dt = v_posed.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "v_posed: expected dtype float32 or float64, got ", dt);
-  TORCH_CHECK(z.J >= 1 && z.J <= kMaxJoints, "lbs_weights: expected 1..", kMaxJoints, " joints, got ", z.J);
-  TORCH_CHECK(z.K >= 1 && z.K <= 4, "anchor_idx: expected 1..4 anchors per Gaussian, got K=", z.K);
+  FFA_CHECK(dt == at::kFloat || dt == at::kDouble, "v_posed: expected dtype float32 or float64, got ", dt);
+  FFA_CHECK(z.J >= 1 && z.J <= kMaxJoints, "lbs_weights: expected 1..", kMaxJoints, " joints, got ", z.J);
+  FFA_CHECK(z.K >= 1 && z.K <= 4, "anchor_idx: expected 1..4 anchors per Gaussian, got K=", z.K);
   check_float_tensor(v_posed, "v_posed", dt, {z.B, z.V, kVP});
   check_float_tensor(A, "transforms", dt, {z.B, z.J, 4, 4});
   check_float_tensor(W, "lbs_weights", dt, {z.V, z.J});
-  TORCH_CHECK(idx.scalar_type() == at::kInt || idx.scalar_type() == at::kLong,
+  FFA_CHECK(idx.scalar_type() == at::kInt || idx.scalar_type() == at::kLong,
               "anchor_idx: expected dtype int32 or int64, got ", idx.scalar_type());
-  TORCH_CHECK(idx.is_contiguous(), "anchor_idx: must be contiguous");
+  FFA_CHECK(idx.is_contiguous(), "anchor_idx: must be contiguous");
   check_float_tensor(aw, "anchor_weights", dt, {z.N, z.K});
   check_device(A, "transforms", v_posed);
   check_device(W, "lbs_weights", v_posed);
@@ -122,7 +122,7 @@ inline GaussianSizes check_gaussian_args(const at::Tensor& v_posed, const at::Te
     // An index outside [0, V) would read out of bounds. Free to check on the CPU; on CUDA it would
     // be a host sync per call (anchors come from subdivision, built once: validate them there).
     const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
-    TORCH_CHECK_VALUE(lo >= 0 && hi < z.V, "anchor_idx: expected indices in [0, ", z.V,
+    FFA_CHECK_VALUE(lo >= 0 && hi < z.V, "anchor_idx: expected indices in [0, ", z.V,
                       ") (V from v_template), got values in [", lo, ", ", hi, "]");
   }
   if (offsets.has_value()) {

@@ -14,19 +14,19 @@ namespace lbs {
 namespace {
 
 void require_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, ": the CUDA kernels take float32, got ", t.scalar_type());
+  FFA_CHECK(t.scalar_type() == at::kFloat, name, ": the CUDA kernels take float32, got ", t.scalar_type());
 }
 
 // v_posed rows are gathered as float4 (and grad_v_posed scattered as float4 atomics on sm_90)
 void require_aligned16(const at::Tensor& v_posed) {
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(v_posed.data_ptr()) % 16 == 0,
+  FFA_CHECK(reinterpret_cast<uintptr_t>(v_posed.data_ptr()) % 16 == 0,
               "v_posed: expected a 16-byte aligned tensor (flame_lbs' output or a copy of it)");
 }
 
 const float* opt_ptr(const c10::optional<at::Tensor>& t, at::IntArrayRef shape, const char* name) {
   if (!t.has_value()) return nullptr;
-  TORCH_CHECK(t->sizes() == shape, name, ": expected shape ", shape, ", got ", t->sizes());
-  TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat, name, ": must be contiguous float32");
+  FFA_CHECK(t->sizes() == shape, name, ": expected shape ", shape, ", got ", t->sizes());
+  FFA_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat, name, ": must be contiguous float32");
   return t->data_ptr<float>();
 }
 
@@ -210,10 +210,10 @@ std::tuple<at::Tensor, at::Tensor> skin_fused_cuda(
     const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& quats, bool means_only) {
   auto zj = check_joints_args(betas, pose, J_template, J_dirs);
   require_float(betas, "betas");
-  TORCH_CHECK(zj.B == 1, "flame_skin_gaussians: one frame (betas [1,S]), got B=", zj.B);
-  TORCH_CHECK(zj.J <= kFusedMaxJoints, "flame_skin_gaussians: at most ", kFusedMaxJoints, " joints, got J=", zj.J);
+  FFA_CHECK(zj.B == 1, "flame_skin_gaussians: one frame (betas [1,S]), got B=", zj.B);
+  FFA_CHECK(zj.J <= kFusedMaxJoints, "flame_skin_gaussians: at most ", kFusedMaxJoints, " joints, got J=", zj.J);
   Parents par = make_parents(parents, zj.J);
-  TORCH_CHECK(v_template.dim() == 2, "v_template: expected shape [V,3], got ", v_template.sizes());
+  FFA_CHECK(v_template.dim() == 2, "v_template: expected shape [V,3], got ", v_template.sizes());
   const int64_t V = v_template.size(0), J = zj.J, S = zj.S;
   check_float_tensor(v_template, "v_template", at::kFloat, {V, 3});
   check_float_tensor(shapedirs, "shapedirs", at::kFloat, {V, 3, S});

@@ -56,8 +56,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto opts = v_posed.options();
   auto gmean = grad_means.has_value() ? grad_means->contiguous() : at::zeros({B, N, 3}, opts);
   auto gq = grad_quats.has_value() ? grad_quats->contiguous() : at::zeros({B, N, 4}, opts);
-  TORCH_CHECK(gmean.sizes() == at::IntArrayRef({B, N, 3}), "grad_means: expected [B,N,3], got ", gmean.sizes());
-  TORCH_CHECK(gq.sizes() == at::IntArrayRef({B, N, 4}), "grad_quats: expected [B,N,4], got ", gq.sizes());
+  FFA_CHECK(gmean.sizes() == at::IntArrayRef({B, N, 3}), "grad_means: expected [B,N,3], got ", gmean.sizes());
+  FFA_CHECK(gq.sizes() == at::IntArrayRef({B, N, 4}), "grad_quats: expected [B,N,4], got ", gq.sizes());
   int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (N + 2047) / 2048));
   auto part_vp = at::zeros({nchunks, B, V, kVP}, opts);  // pad column stays 0
   auto part_A = at::zeros({nchunks, B, J, 16}, opts);

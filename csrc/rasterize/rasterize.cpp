@@ -122,7 +122,7 @@ void bin_cpu_impl(const at::Tensor& means2d, const at::Tensor& radii, const at::
   std::vector<int64_t> goff(MN + 1, 0);
   for (int64_t i = 0; i < MN; ++i) goff[i + 1] = goff[i] + cnt[i];
   const int64_t n_isects = goff[MN];
-  TORCH_CHECK(n_isects < (int64_t(1) << 31), "rasterize: too many tile intersections (", n_isects, ")");
+  FFA_CHECK(n_isects < (int64_t(1) << 31), "rasterize: too many tile intersections (", n_isects, ")");
   std::vector<int32_t> isect_tile(n_isects);  // global tile id m*T + t
   const T *m2 = means2d.data_ptr<T>(), *cc = conics.data_ptr<T>(), *oo = opac2d.data_ptr<T>();
   const int32_t* rr = radii.data_ptr<int32_t>();

@@ -46,12 +46,12 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
 inline void check_sizes(const at::Tensor& t, const char* name, at::IntArrayRef want) {
   bool ok = t.dim() == (int64_t)want.size();
   for (size_t i = 0; ok && i < want.size(); ++i) ok = want[i] < 0 || t.size(i) == want[i];
-  TORCH_CHECK(ok, "rasterize: ", name, " must have shape ", want, " (-1: any), got ", t.sizes());
+  FFA_CHECK(ok, "rasterize: ", name, " must have shape ", want, " (-1: any), got ", t.sizes());
 }
 
 inline void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef want) {
   check_sizes(t, name, want);
-  TORCH_CHECK(t.is_contiguous(), "rasterize: ", name, " must be contiguous");
+  FFA_CHECK(t.is_contiguous(), "rasterize: ", name, " must be contiguous");
 }
 
 // Whether the first `ndims` dims of t can be read as one flat index f with element offset f * stride
@@ -101,8 +101,8 @@ inline at::Tensor flat_grad(const at::Tensor& g, int64_t* stride) {
 }
 
 inline void check_image(int64_t width, int64_t height, int64_t tile_size) {
-  TORCH_CHECK(width > 0 && height > 0, "rasterize: width and height must be > 0, got ", width, "x", height);
-  TORCH_CHECK(tile_size >= 1 && tile_size <= 32, "rasterize: tile_size must be in [1, 32], got ", tile_size);
+  FFA_CHECK(width > 0 && height > 0, "rasterize: width and height must be > 0, got ", width, "x", height);
+  FFA_CHECK(tile_size >= 1 && tile_size <= 32, "rasterize: tile_size must be in [1, 32], got ", tile_size);
 }
 
 inline Dims make_dims(int64_t B, int64_t C, int64_t N, int64_t Cc, int64_t D, int64_t width, int64_t height,
@@ -112,7 +112,7 @@ inline Dims make_dims(int64_t B, int64_t C, int64_t N, int64_t Cc, int64_t D, in
   d.W = (int)width; d.H = (int)height; d.tile_size = (int)tile_size;
   d.tiles_x = (int)((width + tile_size - 1) / tile_size);
   d.tiles_y = (int)((height + tile_size - 1) / tile_size);
-  TORCH_CHECK(B * C * N < (int64_t(1) << 31), "rasterize: B*C*N must be < 2^31, got ", B * C * N);
+  FFA_CHECK(B * C * N < (int64_t(1) << 31), "rasterize: B*C*N must be < 2^31, got ", B * C * N);
   return d;
 }
 
@@ -121,11 +121,11 @@ inline Sized project_dims(const at::Tensor& means, const at::Tensor& quats, cons
                           const at::Tensor& opacities, const at::Tensor& viewmats, const at::Tensor& Ks,
                           int64_t width, int64_t height, int64_t tile_size) {
   check_image(width, height, tile_size);
-  TORCH_CHECK(means.dim() == 2 || means.dim() == 3, "rasterize: means must have shape [B,N,3] or [N,3], got ",
+  FFA_CHECK(means.dim() == 2 || means.dim() == 3, "rasterize: means must have shape [B,N,3] or [N,3], got ",
               means.sizes());
   Sized s;
   s.batched = means.dim() == 3;
-  TORCH_CHECK(viewmats.dim() == means.dim() + 1, "rasterize: viewmats must have shape ",
+  FFA_CHECK(viewmats.dim() == means.dim() + 1, "rasterize: viewmats must have shape ",
               s.batched ? "[B,C,4,4]" : "[C,4,4]", " (as means ", means.sizes(), "), got ", viewmats.sizes());
   const int64_t B = s.batched ? means.size(0) : 1, N = means.size(-2), C = viewmats.size(-3);
   s.d.B = B;
@@ -137,7 +137,7 @@ inline Sized project_dims(const at::Tensor& means, const at::Tensor& quats, cons
   check_shape(Ks, "Ks", s.shape({C, 3, 3}));
   for (const at::Tensor* t : {&quats, &scales, &opacities, &viewmats, &Ks}) {
     FFA_CHECK_SAME_DEVICE(means, (*t));
-    TORCH_CHECK(t->scalar_type() == means.scalar_type(), "rasterize: all float inputs must share means' dtype ",
+    FFA_CHECK(t->scalar_type() == means.scalar_type(), "rasterize: all float inputs must share means' dtype ",
                 means.scalar_type(), ", got ", t->scalar_type());
   }
   s.d = make_dims(B, C, N, 1, 0, width, height, tile_size);
@@ -160,7 +160,7 @@ inline void check_project_grads(const Sized& s, const at::Tensor& radii, const a
 // Image checks and batching of a bin / render call (from means2d [B?,C,N,2]); the caller fills s.d.
 inline Sized sized_from_means2d(const at::Tensor& means2d, int64_t width, int64_t height, int64_t tile_size) {
   check_image(width, height, tile_size);
-  TORCH_CHECK(means2d.dim() == 3 || means2d.dim() == 4,
+  FFA_CHECK(means2d.dim() == 3 || means2d.dim() == 4,
               "rasterize: means2d must have shape [B,C,N,2] or [C,N,2], got ", means2d.sizes());
   Sized s;
   s.batched = means2d.dim() == 4;
@@ -193,11 +193,11 @@ inline Sized render_dims(const at::Tensor& means2d, const at::Tensor& conics, co
                          int64_t height, int64_t tile_size) {
   Sized s = sized_from_means2d(means2d, width, height, tile_size);
   const int64_t L = s.batched ? 1 : 0;
-  TORCH_CHECK(colors.dim() == L + 2 || colors.dim() == L + 3, "rasterize: colors must have shape ",
+  FFA_CHECK(colors.dim() == L + 2 || colors.dim() == L + 3, "rasterize: colors must have shape ",
               s.batched ? "[B,N,D] or [B,Cc,N,D]" : "[N,D] or [Cc,N,D]", ", got ", colors.sizes());
   const int64_t B = s.batched ? means2d.size(0) : 1, C = means2d.size(-3), N = means2d.size(-2);
   const int64_t Cc = colors.dim() == L + 3 ? colors.size(L) : 1, D = colors.size(-1);
-  TORCH_CHECK(Cc == 1 || Cc == C, "rasterize: colors' camera dim must be 1 or C=", C, ", got ", Cc);
+  FFA_CHECK(Cc == 1 || Cc == C, "rasterize: colors' camera dim must be 1 or C=", C, ", got ", Cc);
   s.d.B = B;
   check_shape(means2d, "means2d", s.shape({C, N, 2}));
   check_shape(conics, "conics", s.shape({C, N, 3}));
@@ -209,12 +209,12 @@ inline Sized render_dims(const at::Tensor& means2d, const at::Tensor& conics, co
   s.d = make_dims(B, C, N, Cc, D, width, height, tile_size);
   check_shape(tile_offsets, "tile_offsets", s.shape({C, s.d.tiles_y, s.d.tiles_x}));
   check_shape(flatten_ids, "flatten_ids", {-1});
-  TORCH_CHECK(tile_offsets.scalar_type() == at::kInt && flatten_ids.scalar_type() == at::kInt,
+  FFA_CHECK(tile_offsets.scalar_type() == at::kInt && flatten_ids.scalar_type() == at::kInt,
               "rasterize: tile_offsets and flatten_ids must be int32");
   if (backgrounds.has_value()) check_shape(*backgrounds, "backgrounds", s.shape({C, D}));
   for (const at::Tensor* t : {&conics, &opac2d, &colors}) {
     FFA_CHECK_SAME_DEVICE(means2d, (*t));
-    TORCH_CHECK(t->scalar_type() == means2d.scalar_type(), "rasterize: float inputs must share means2d's dtype ",
+    FFA_CHECK(t->scalar_type() == means2d.scalar_type(), "rasterize: float inputs must share means2d's dtype ",
                 means2d.scalar_type(), ", got ", t->scalar_type());
   }
   return s;

@@ -12,7 +12,7 @@ namespace ffa {
 namespace rasterize {
 namespace {
 
-#define FFA_F32(t) TORCH_CHECK((t).scalar_type() == at::kFloat, "rasterize (CUDA): " #t " must be float32, got ", (t).scalar_type())
+#define FFA_F32(t) FFA_CHECK((t).scalar_type() == at::kFloat, "rasterize (CUDA): " #t " must be float32, got ", (t).scalar_type())
 
 constexpr size_t kAlign = 256;
 inline size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
@@ -85,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   at::Tensor tile_offsets = at::empty(s.shape({d.C, d.tiles_y, d.tiles_x}), io);
   if (MN == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
   const int end_bit = 32 + bit_width(TP) + bit_width(d.B * d.C);
-  TORCH_CHECK(end_bit <= 64, "rasterize: images x tiles too large for 64-bit keys");
+  FFA_CHECK(end_bit <= 64, "rasterize: images x tiles too large for 64-bit keys");
   // Inclusive scan of the counts (offsets and CUB's temp storage: one allocation), then the one host
   // sync of the forward: the total, copied straight from the last offset.
   size_t scan_bytes = 0;
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   int32_t total = 0;
   c10::cuda::memcpy_and_sync(&total, offsets + (MN - 1), sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
   // int32 scan: an overflow (> 2^31 intersections) shows up as a negative total
-  TORCH_CHECK(total >= 0, "rasterize: too many tile intersections (int32 overflow)");
+  FFA_CHECK(total >= 0, "rasterize: too many tile intersections (int32 overflow)");
   const int64_t n_isects = total;
   if (n_isects == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
   // Keys, their double buffer and the sort's temp storage: one allocation; the values: two (the sorted
