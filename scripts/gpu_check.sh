@@ -51,11 +51,7 @@ cd "$RUN"
 
 if [[ $STAGES == *tests* ]]; then
   stamp "cuda tests"
-  # Deselected: on the lent H200's toolchain (g++ 13.3, torch 2.11 wheel) any TORCH_CHECK message of
-  # ours that formats an integer segfaults the process (CPU and CUDA ops alike; torch's own messages
-  # and our string-only ones are fine; notes/lbs.md "Fifth pass"); this test checks such messages.
   timeout ${TEST_TIMEOUT:-300} "$PY" -m pytest tests -m cuda -v -rfE -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} \
-    --deselect "tests/test_flame_lbs.py::test_fused_op_checks_and_cpu_kernel[cuda]" \
     --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
