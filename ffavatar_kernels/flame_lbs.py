@@ -320,15 +320,22 @@ def _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, pare
     return pose_k.contiguous(), par
 
 
+def _dense_model(betas, v_template, shapedirs, posedirs, J_regressor, lbs_weights):
+    """Contiguous betas and model tensors, plus the (cached) joint products J_template, J_dirs."""
+    betas, v_template, shapedirs, posedirs, lbs_weights = (
+        t.contiguous() for t in (betas, v_template, shapedirs, posedirs, lbs_weights))
+    J_template, J_dirs = _joint_products(J_regressor.contiguous(), v_template, shapedirs)
+    return betas, v_template, shapedirs, posedirs, lbs_weights, J_template, J_dirs
+
+
 def _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights):
     """Joints then vertices (returns verts, v_posed, joints, A and the contiguous lbs_weights).
     Every input is made contiguous before the first launch, so the kernels run back to back and the
     vertex kernel may start under programmatic dependent launch (``pdl=True``: its inputs other than
     rot / A exist before the joints kernel starts). skin_gaussians callers make their own inputs
     contiguous before calling this, for the same reason."""
-    betas, v_template, shapedirs, posedirs, lbs_weights = (
-        t.contiguous() for t in (betas, v_template, shapedirs, posedirs, lbs_weights))
-    J_template, J_dirs = _joint_products(J_regressor.contiguous(), v_template, shapedirs)
+    betas, v_template, shapedirs, posedirs, lbs_weights, J_template, J_dirs = _dense_model(
+        betas, v_template, shapedirs, posedirs, J_regressor, lbs_weights)
     args = (betas, pose_k, J_template, J_dirs, par)
     rot, joints, A = _autograd.call(_ops.flame_lbs_joints, _JointsFn, args[:4], args)
     args = (betas, rot, A, v_template, shapedirs, posedirs, lbs_weights, betas.is_cuda)
@@ -351,9 +358,8 @@ def _use_fused(betas, J: int, tensors) -> bool:
 
 def _run_fused(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights, anchor_idx,
                anchor_weights, wg, offsets, quats, means_only):
-    betas, v_template, shapedirs, posedirs, lbs_weights = (
-        t.contiguous() for t in (betas, v_template, shapedirs, posedirs, lbs_weights))
-    J_template, J_dirs = _joint_products(J_regressor.contiguous(), v_template, shapedirs)
+    betas, v_template, shapedirs, posedirs, lbs_weights, J_template, J_dirs = _dense_model(
+        betas, v_template, shapedirs, posedirs, J_regressor, lbs_weights)
     args = (betas, pose_k, J_template, J_dirs, par, v_template, shapedirs, posedirs, lbs_weights, anchor_idx,
             anchor_weights, wg, offsets, quats, bool(means_only))
     return _autograd.call(_ops.flame_skin_gaussians, None, (), args)

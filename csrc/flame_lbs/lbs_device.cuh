@@ -136,16 +136,10 @@ __device__ __forceinline__ void add_pose_correctives(const float* __restrict__ p
   }
 }
 
-// One anchored Gaussian in one frame (forward): M = sum_j wg_j A_j (A: the frame's [J,16] in shared
-// memory, float4 broadcast reads; blend_transform's order), the anchored point, Shepperd, stores of
-// mean [3] and quat [4] (16-byte aligned: one float4 store).
-template <int KT, int JT, typename I>
-__device__ __forceinline__ void gaussian_frame_fwd(const I (&id)[KT], const float (&w)[KT], const float (&wg)[JT],
-                                                   const float (&qc)[4], const float* sA, int J,
-                                                   const float* __restrict__ vp, const float* __restrict__ off,
-                                                   bool means_only, float* __restrict__ mean,
-                                                   float* __restrict__ quat) {
-  float M[12], p[3], m[3], q[4];
+// M [12] = sum_j wg_j A_j (rows 0..2) with A: one frame's [J,16] in shared memory (float4 broadcast
+// reads; blend_transform's order, so forward and backward compute the same M bit for bit).
+template <int JT>
+__device__ __forceinline__ void blend_wg_transform(const float (&wg)[JT], const float* sA, int J, float (&M)[12]) {
 #pragma unroll
   for (int e = 0; e < 12; ++e) M[e] = 0.f;
 #pragma unroll
@@ -160,6 +154,19 @@ __device__ __forceinline__ void gaussian_frame_fwd(const I (&id)[KT], const floa
       }
     }
   }
+}
+
+// One anchored Gaussian in one frame (forward): M = sum_j wg_j A_j (A: the frame's [J,16] in shared
+// memory, float4 broadcast reads; blend_transform's order), the anchored point, Shepperd, stores of
+// mean [3] and quat [4] (16-byte aligned: one float4 store).
+template <int KT, int JT, typename I>
+__device__ __forceinline__ void gaussian_frame_fwd(const I (&id)[KT], const float (&w)[KT], const float (&wg)[JT],
+                                                   const float (&qc)[4], const float* sA, int J,
+                                                   const float* __restrict__ vp, const float* __restrict__ off,
+                                                   bool means_only, float* __restrict__ mean,
+                                                   float* __restrict__ quat) {
+  float M[12], p[3], m[3], q[4];
+  blend_wg_transform<JT>(wg, sA, J, M);
   anchor_point4<KT>(id, w, vp, off, p);
   gaussian_pose(M, p, qc, means_only, m, q);
   for (int c = 0; c < 3; ++c) mean[c] = m[c];

@@ -74,20 +74,7 @@ __global__ void __launch_bounds__(kThreads, 2) gaussians_bwd_kernel(
     for (int e = 0; e < 12; ++e) gM[e] = 0.f;
     if (valid) {
       float M[12], p[3], gp[3], gm[3] = {0.f, 0.f, 0.f}, gq[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int e = 0; e < 12; ++e) M[e] = 0.f;
-#pragma unroll
-      for (int j = 0; j < JT; ++j) {  // same order as blend_transform
-        if (j < J) {
-          const float4* Aj = reinterpret_cast<const float4*>(Ab + j * 16);
-#pragma unroll
-          for (int r = 0; r < 3; ++r) {
-            const float4 a = Aj[r];
-            M[r * 4 + 0] += wg[j] * a.x; M[r * 4 + 1] += wg[j] * a.y;
-            M[r * 4 + 2] += wg[j] * a.z; M[r * 4 + 3] += wg[j] * a.w;
-          }
-        }
-      }
+      blend_wg_transform<JT>(wg, Ab, J, M);  // the forward's M
       const float* vpb = vposed + b * V * kVP;
       anchor_point4<KT>(id, w, vpb, off ? off + (off_batched ? i : n) * 3 : nullptr, p);
       if (gmeans) for (int c = 0; c < 3; ++c) gm[c] = gmeans[i * 3 + c];
