@@ -35,6 +35,8 @@ def main(which):
         for n in (N, 300_000):  # 300K: more Gaussians than resident threads (grid-stride)
             ii = torch.randint(0, 300, (n, 4), device=dev)
             fk.skin_gaussians(*a.values(), ii, torch.full((n, 4), 0.25, device=dev))
+        a = lbs_inputs(dev, B=6)  # per-frame offsets [B,N,3]: the Gaussian forward's batched-offset loads
+        fk.skin_gaussians(*a.values(), idx, w, torch.randn(6, N, 3, device=dev) * 0.01, q.detach())
 
     means = (torch.randn(N, 3, device=dev) * 0.3 + torch.tensor([0, 0, 3.0], device=dev)).requires_grad_()
     quats = torch.randn(N, 4, device=dev).requires_grad_()
@@ -45,6 +47,12 @@ def main(which):
     K = torch.tensor([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]], device=dev)[None].repeat(2, 1, 1)
     img, alpha, _ = fk.rasterize(means, quats, scales, opac, cols, view, K, 100, 80, render_mode="RGB+ED")
     (img.square().sum() + alpha.sum()).backward()
+    # the bin's speculative capacity (after the first call on a device): the same scene (the guess
+    # fits), a 10x larger one (the guess is short: redo), the first again (fits, with slack)
+    with torch.no_grad():
+        big = [t.detach().repeat(10, *([1] * (t.dim() - 1))) for t in (means, quats, scales, opac, cols)]
+        for scene in ((means, quats, scales, opac, cols), big, (means, quats, scales, opac, cols)):
+            fk.rasterize(*(t.detach() for t in scene), view, K, 100, 80)
 
     if "attention" not in which:
         torch.cuda.synchronize(); print("sanitize_smoke: lbs, rasterize ran"); return

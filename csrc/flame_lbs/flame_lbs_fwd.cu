@@ -184,13 +184,14 @@ cudaError_t launch_vertices_bt(const float* betas, const float* rot, const float
 // One thread per (Gaussian, group of kGaussFrames frames); grid (ceil(N/256), ceil(B/kGaussFrames)).
 // Per Gaussian, once for its frames: anchors (KT, compile-time), joint weights wg [J] (one
 // coalesced row of the cached joint_weights, or the K*J gathers of lbs_weights), canonical
-// quaternion. Per frame: M = sum_j wg_j A_j (A of the block's frames in smem, broadcast reads), the
-// anchored point (K float4 gathers of v_posed), Shepperd, stores (lanes = consecutive Gaussians:
-// coalesced; quats as float4). JT: joint count bound (registers).
+// quaternion, unbatched offset. Per frame: M = sum_j wg_j A_j (A of the block's frames in smem,
+// broadcast reads), the anchored point (K float4 gathers of v_posed, issued one frame ahead so a
+// thread waits for one gather round trip, not one per frame), Shepperd, stores (lanes = consecutive
+// Gaussians: coalesced; quats as float4). JT: joint count bound (registers).
 constexpr int kGaussFrames = 4;
 
 template <typename I, int KT, int JT>
-__global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restrict__ v_posed, const float* __restrict__ A,
+__global__ void __launch_bounds__(256, 3) gaussians_fwd_kernel(const float* __restrict__ v_posed, const float* __restrict__ A,
                                      const float* __restrict__ W, const float* __restrict__ wgp,
                                      const I* __restrict__ idx,
                                      const float* __restrict__ aw, const float* __restrict__ off, bool off_batched,
@@ -200,9 +201,9 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
   const int b0 = blockIdx.y * kGaussFrames, nb = min(kGaussFrames, B - b0);
   const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const bool valid = n < N;
-  // Prologue (inputs only; overlaps the vertex kernel under PDL): anchors, joint weights, quat.
+  // Prologue (inputs only; overlaps the vertex kernel under PDL): anchors, joint weights, quat, offset.
   I id[KT];
-  float w[KT], wg[JT], qc[4];
+  float w[KT], wg[JT], qc[4], o[3] = {0.f, 0.f, 0.f};
 #pragma unroll
   for (int k = 0; k < KT; ++k) {
     id[k] = valid ? idx[n * KT + k] : I(0);
@@ -210,15 +211,27 @@ __global__ void __launch_bounds__(256) gaussians_fwd_kernel(const float* __restr
   }
   gaussian_joint_weights<KT, JT>(wgp ? wgp + n * J : nullptr, W, id, w, J, valid, wg);
   canonical_quat(valid && quats ? quats + n * 4 : nullptr, qc);
+  if (valid && off && !off_batched)
+    for (int c = 0; c < 3; ++c) o[c] = off[n * 3 + c];
   pdl_wait();  // v_posed (vertex kernel) and A (joints kernel, finished before it)
   fill_smem(s_A, nb * J * 16, [&](int e) { return A[(int64_t)b0 * J * 16 + e]; });
   __syncthreads();
   if (!valid) return;
-  for (int bt = 0; bt < nb; ++bt) {
+  float4 g[KT];
+  gather_anchors4<KT>(id, v_posed + (int64_t)b0 * V * kVP, g);
+#pragma unroll
+  for (int bt = 0; bt < kGaussFrames; ++bt) {
+    if (bt >= nb) break;
     const int64_t b = b0 + bt, i = b * N + n;
-    gaussian_frame_fwd<KT, JT>(id, w, wg, qc, s_A + bt * J * 16, J, v_posed + b * V * kVP,
-                               off ? off + (off_batched ? i : n) * 3 : nullptr, means_only, means + i * 3,
-                               qout + i * 4);
+    if (off && off_batched)  // per-frame offsets (rare): loaded here, not ahead (registers)
+      for (int c = 0; c < 3; ++c) o[c] = off[i * 3 + c];
+    float4 gn[KT];
+    const bool ahead = bt + 1 < nb;
+    if (ahead) gather_anchors4<KT>(id, v_posed + (b + 1) * V * kVP, gn);
+    gaussian_frame_fwd<KT, JT>(g, w, wg, qc, o, s_A + bt * J * 16, J, means_only, means + i * 3, qout + i * 4);
+    if (ahead)
+#pragma unroll
+      for (int k = 0; k < KT; ++k) g[k] = gn[k];
   }
 }
 
@@ -233,7 +246,8 @@ cudaError_t launch_gaussians_k(const float* v_posed, const float* A, const float
 #define FFA_LBS_GFWD(JT)                                                                                       \
   err = launch_pdl(pdl, gaussians_fwd_kernel<I, KT, JT>, grid, dim3(threads), 0, stream, v_posed, A, W, wg, idx, aw, \
                    offsets, offsets_batched, quats, means_only, B, V, J, N, means, qout)
-  if (J <= 8) FFA_LBS_GFWD(8);
+  if (J <= 5) FFA_LBS_GFWD(5);  // FLAME
+  else if (J <= 8) FFA_LBS_GFWD(8);
   else if (J <= 32) FFA_LBS_GFWD(32);
   else FFA_LBS_GFWD(kMaxJoints);
 #undef FFA_LBS_GFWD

@@ -13,6 +13,7 @@
 // (A single cooperative kernel with a grid barrier was measured first: the cooperative launch cost
 // ~4.5 µs per call in CUDA-graph replay on the H200, more than the second launch does.)
 #include <algorithm>
+#include <cstdlib>
 
 #include "common/pdl.cuh"
 #include "flame_lbs/flame_lbs.h"
@@ -23,7 +24,17 @@ namespace lbs {
 namespace {
 
 constexpr int kFusedThreads = 256;
-constexpr int kFusedBlocksPerSM = 2;  // leaves room for the Gaussian kernel's blocks (PDL)
+// Resident vposed blocks per SM (V = 5023: 2 -> 2.4 vertices per warp in 3 rounds, 3 -> 1.6 in 2).
+// FFAVATAR_FUSED_BPS=2|3|4 overrides it (A/B on the GPU; read once).
+constexpr int kFusedBlocksPerSM = 3;
+inline int fused_blocks_per_sm() {
+  static const int bps = [] {
+    const char* e = std::getenv("FFAVATAR_FUSED_BPS");
+    const int v = e ? std::atoi(e) : kFusedBlocksPerSM;
+    return v >= 2 && v <= 4 ? v : kFusedBlocksPerSM;
+  }();
+  return bps;
+}
 
 struct FusedSmem {  // float offsets into the dynamic shared buffer: betas [S], rot [J,9], pose features
   int b, rot, pf, rest, G, total;  // [P], rest joints [J,3], chain scratch [J,12]
@@ -86,8 +97,8 @@ __device__ __forceinline__ void blend_vertex_one(const float* __restrict__ sd, c
 }
 constexpr int kFusedS4 = 4;  // blend_vertex_one handles S <= 4 * kWarp * kFusedS4 = 512
 
-template <bool VEC4>
-__global__ void __launch_bounds__(kFusedThreads) vposed_one_kernel(
+template <bool VEC4, int BPS>
+__global__ void __launch_bounds__(kFusedThreads, BPS) vposed_one_kernel(
     const float* __restrict__ betas, const float* __restrict__ pose, bool is_matrix, const float* __restrict__ Jt,
     const float* __restrict__ Jd, Parents par, const float* __restrict__ vt, const float* __restrict__ sd,
     const float* __restrict__ pd, int V, int J, int S, float* __restrict__ v_posed, float* __restrict__ joints,
@@ -141,11 +152,11 @@ __global__ void __launch_bounds__(kFusedThreads) vposed_one_kernel(
   }
 }
 
-template <bool VEC4>
-cudaError_t launch_vposed_one(const float* betas, const float* pose, bool is_matrix, const float* Jt,
+template <bool VEC4, int BPS>
+cudaError_t launch_vposed_one_bps(const float* betas, const float* pose, bool is_matrix, const float* Jt,
                               const float* Jd, const Parents& par, const float* vt, const float* sd, const float* pd,
                               int V, int J, int S, float* v_posed, float* joints, float* A, cudaStream_t stream) {
-  auto kernel = vposed_one_kernel<VEC4>;
+  auto kernel = vposed_one_kernel<VEC4, BPS>;
   const size_t smem = sizeof(float) * (size_t)FusedSmem(J, S).total;
   if (smem > 48 * 1024)
     FFA_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -153,10 +164,24 @@ cudaError_t launch_vposed_one(const float* betas, const float* pose, bool is_mat
   FFA_RETURN_IF_CUDA_ERROR(cudaGetDevice(&dev));
   FFA_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int per_block = kFusedThreads / kWarp;
-  const int blocks = std::min((V + per_block - 1) / per_block, kFusedBlocksPerSM * sms) + 1;  // + the joints block
+  const int blocks = std::min((V + per_block - 1) / per_block, BPS * sms) + 1;  // + the joints block
   kernel<<<blocks, kFusedThreads, smem, stream>>>(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed,
                                                   joints, A);
   return cudaGetLastError();
+}
+
+template <bool VEC4>
+cudaError_t launch_vposed_one(const float* betas, const float* pose, bool is_matrix, const float* Jt,
+                              const float* Jd, const Parents& par, const float* vt, const float* sd, const float* pd,
+                              int V, int J, int S, float* v_posed, float* joints, float* A, cudaStream_t stream) {
+  switch (fused_blocks_per_sm()) {
+    case 2: return launch_vposed_one_bps<VEC4, 2>(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed,
+                                                  joints, A, stream);
+    case 4: return launch_vposed_one_bps<VEC4, 4>(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed,
+                                                  joints, A, stream);
+    default: return launch_vposed_one_bps<VEC4, 3>(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed,
+                                                   joints, A, stream);
+  }
 }
 
 }  // namespace

@@ -36,19 +36,36 @@ __device__ __forceinline__ void fill_smem(float* dst, int n, F get) {
   }
 }
 
-// anchor_point (lbs_math.h, same summation order) with one 16-byte gather per anchor: vp is one
-// frame of v_posed [V,kVP], 16-byte aligned (written by an earlier kernel: read-only path).
+// The K anchors of a Gaussian in one frame of v_posed [V,kVP] (16-byte aligned, written by an earlier
+// kernel: read-only path): one 16-byte gather each. Issued apart from their use so a caller can
+// have the next frame's gathers in flight while it computes this one.
+template <int KT, typename I>
+__device__ __forceinline__ void gather_anchors4(const I (&id)[KT], const float* __restrict__ vp, float4 (&g)[KT]) {
+  static_assert(kVP == 4, "v_posed rows must be float4");
+#pragma unroll
+  for (int k = 0; k < KT; ++k) g[k] = __ldg(reinterpret_cast<const float4*>(vp) + id[k]);
+}
+
+// p = o + sum_k w_k g_k (anchor_point's summation order, lbs_math.h).
+template <int KT>
+__device__ __forceinline__ void anchor_point_from(const float4 (&g)[KT], const float (&w)[KT], const float (&o)[3],
+                                                  float (&p)[3]) {
+#pragma unroll
+  for (int c = 0; c < 3; ++c) p[c] = o[c];
+#pragma unroll
+  for (int k = 0; k < KT; ++k) {
+    p[0] += w[k] * g[k].x; p[1] += w[k] * g[k].y; p[2] += w[k] * g[k].z;
+  }
+}
+
+// anchor_point with the gathers of gather_anchors4; off: the Gaussian's offset [3] or null.
 template <int KT, typename I>
 __device__ __forceinline__ void anchor_point4(const I (&id)[KT], const float (&w)[KT], const float* __restrict__ vp,
                                               const float* __restrict__ off, float (&p)[3]) {
-  static_assert(kVP == 4, "v_posed rows must be float4");
-#pragma unroll
-  for (int c = 0; c < 3; ++c) p[c] = off ? off[c] : 0.f;
-#pragma unroll
-  for (int k = 0; k < KT; ++k) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(vp) + id[k]);
-    p[0] += w[k] * v.x; p[1] += w[k] * v.y; p[2] += w[k] * v.z;
-  }
+  float4 g[KT];
+  gather_anchors4<KT>(id, vp, g);
+  const float o[3] = {off ? off[0] : 0.f, off ? off[1] : 0.f, off ? off[2] : 0.f};
+  anchor_point_from<KT>(g, w, o, p);
 }
 
 // Joint weights of a Gaussian: the precomputed row wgp [J] (coalesced across the warp's Gaussians)
@@ -157,17 +174,16 @@ __device__ __forceinline__ void blend_wg_transform(const float (&wg)[JT], const 
 }
 
 // One anchored Gaussian in one frame (forward): M = sum_j wg_j A_j (A: the frame's [J,16] in shared
-// memory, float4 broadcast reads; blend_transform's order), the anchored point, Shepperd, stores of
-// mean [3] and quat [4] (16-byte aligned: one float4 store).
-template <int KT, int JT, typename I>
-__device__ __forceinline__ void gaussian_frame_fwd(const I (&id)[KT], const float (&w)[KT], const float (&wg)[JT],
-                                                   const float (&qc)[4], const float* sA, int J,
-                                                   const float* __restrict__ vp, const float* __restrict__ off,
+// memory, float4 broadcast reads; blend_transform's order), the anchored point from its gathered
+// anchors g and offset o, Shepperd, stores of mean [3] and quat [4] (16-byte aligned: one float4 store).
+template <int KT, int JT>
+__device__ __forceinline__ void gaussian_frame_fwd(const float4 (&g)[KT], const float (&w)[KT], const float (&wg)[JT],
+                                                   const float (&qc)[4], const float (&o)[3], const float* sA, int J,
                                                    bool means_only, float* __restrict__ mean,
                                                    float* __restrict__ quat) {
   float M[12], p[3], m[3], q[4];
   blend_wg_transform<JT>(wg, sA, J, M);
-  anchor_point4<KT>(id, w, vp, off, p);
+  anchor_point_from<KT>(g, w, o, p);
   gaussian_pose(M, p, qc, means_only, m, q);
   for (int c = 0; c < 3; ++c) mean[c] = m[c];
   *reinterpret_cast<float4*>(quat) = make_float4(q[0], q[1], q[2], q[3]);
