@@ -2,8 +2,9 @@
 at 512x512: 1 camera, 8 cameras, and 16 scenes x 1 camera (16 animation frames); forward and
 forward+backward; peak memory per variant.
 
-Times are medians of CUDA-event-timed calls after warm-up (each call includes the one host sync
-that sizes the intersection buffer, for both libraries). extra_info holds ours/gsplat in ms, the
+Times are medians of CUDA-event-timed calls after warm-up (each call includes one host wait for
+the intersection count, for both libraries: gsplat syncs before it sizes its buffers, ours after it
+has queued the sort into buffers sized from the previous calls). extra_info holds ours/gsplat in ms, the
 speedups and the peak memory (MB above the inputs) of each; the pytest-benchmark stats are our
 wall times.
 """

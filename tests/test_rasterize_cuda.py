@@ -1,5 +1,7 @@
 """rasterize on CUDA: vs the float64 reference (every output, every gradient), vs the CPU op
 (binning and images), edge cases, poisoned buffers, opcheck, and vs gsplat 1.5.3 when installed."""
+import os
+
 import pytest
 import torch
 
@@ -222,16 +224,130 @@ def test_cuda_unbatched_ops_and_strided_output_grads():
         assert torch.equal(x, y)
 
 
-def _fwd_bwd_peak_bytes(MN, NS, P, D, n_isects, n_tiles, colors_numel):
+# ---- bin without a host sync: speculative key buffers (csrc/rasterize/rasterize_cuda.cpp, bin_cuda) ----
+# After the first call on a device the bin sizes its key/value buffers from a guess (a decaying
+# high-water mark of earlier counts), queues emit/sort/offsets before it waits for the count, and
+# redoes them with the exact count when the guess was short. The returned flatten_ids is then a view
+# of the guessed buffer: its storage tells which way a call went (exact: n_isects slots; guessed:
+# more, at least n_isects + 256). FFAVATAR_BIN_SYNC=1 (read once per process) forces the exact way.
+
+_BIN_SYNC = os.environ.get("FFAVATAR_BIN_SYNC") == "1"
+
+
+def _bin_inputs(B, C, N, W, H, tile_size=16, max_radius=40, culled=0.2, device="cuda"):
+    """rasterize_bin arguments ([B,C,N,..], or [C,N,..] when B is None) whose tile sets have no
+    borderline decisions, so the CPU op is a bitwise reference: conics of ~0 make the tight test keep
+    every tile of gsplat's box (half the quadratic form <= ~0.01 against a cutoff >= 3.6), and with a
+    power-of-two tile size the box (floor/ceil of (mean +- radius) / tile_size) comes out the same here,
+    on the CPU and in fast-math CUDA, so tiles_per_gauss is exact. Means reach 30 px past the image
+    (clipped boxes), a fraction `culled` of the pairs has zero radii, depths take 16 values (ties: the
+    order is by depth, then flatten id, on both devices)."""
+    assert tile_size & (tile_size - 1) == 0
+    pre = (C,) if B is None else (B, C)
+    means2d = torch.stack([torch.rand(pre + (N,)) * (W + 60) - 30, torch.rand(pre + (N,)) * (H + 60) - 30], -1)
+    rx = torch.randint(1, max_radius + 1, pre + (N,), dtype=torch.int32)
+    ry = (torch.rand(pre + (N,)) * rx).floor().int() + 1  # 1..rx
+    keep = (torch.rand(pre + (N,)) >= culled).int()
+    radii = torch.stack([rx * keep, ry * keep], -1)
+    depths = torch.randint(0, 16, pre + (N,)).float() * 0.25 + 1.0
+    conics = torch.tensor([1e-6, 0.0, 1e-6]).expand(pre + (N, 3)).contiguous()
+    opac = torch.rand(pre + (N,)) * 0.8 + 0.15
+    ts, TX, TY = float(tile_size), -(-W // tile_size), -(-H // tile_size)
+    tx, ty = means2d[..., 0] / ts, means2d[..., 1] / ts
+    trx, try_ = radii[..., 0].float() / ts, radii[..., 1].float() / ts
+    nx = torch.ceil(tx + trx).clamp(0, TX) - torch.floor(tx - trx).clamp(0, TX)
+    ny = torch.ceil(ty + try_).clamp(0, TY) - torch.floor(ty - try_).clamp(0, TY)
+    tiles = torch.where(keep.bool(), nx * ny, 0.0).int()
+    return tuple(t.to(device) for t in (means2d, radii, depths, conics, opac, tiles)) + (W, H, tile_size)
+
+
+def _bin_cpu(args):
+    return torch.ops.ffavatar.rasterize_bin(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def _decay_bin_hint(args, calls=120):
+    # the guess decays by 1/8 per call towards the count: from anything below 2^31 to at most
+    # max(count, 238) in 120 calls, so a clearly larger scene afterwards overflows it
+    for _ in range(calls):
+        torch.ops.ffavatar.rasterize_bin(*args)
+
+
+def _bin_slots(flatten_ids):
+    return flatten_ids.untyped_storage().nbytes() // 4
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_cuda_bin_speculative_capacity_sequence(batched):
+    # small -> large (the guess is short: redo with the count) -> small (guess far too large) ->
+    # all culled -> large (short again: the guess decayed) -> large (fits): every call equals the CPU
+    # bin of the same inputs bitwise (tile_offsets poisoned beforehand, every entry must be written)
+    B, C, ts = (3, 2, 8) if batched else (None, 1, 16)
+    scenes = {"small": _bin_inputs(B, C, 150, 128, 96, ts), "large": _bin_inputs(B, C, 5000, 256, 192, ts),
+              "empty": _bin_inputs(B, C, 150, 128, 96, ts, culled=1.0)}
+    _decay_bin_hint(scenes["small"])
+    n_small = scenes["small"][5].sum().item()
+    n_large = scenes["large"][5].sum().item()
+    assert n_large > 4 * n_small + 4096 and scenes["empty"][5].sum().item() == 0
+    for name, way in (("small", "guess"), ("large", "exact"), ("small", "guess"), ("empty", None),
+                      ("large", "exact"), ("large", "guess")):
+        args = scenes[name]
+        want_offs, want_fids = _bin_cpu(args)
+        _poison_cache()
+        offs, fids = torch.ops.ffavatar.rasterize_bin(*args)
+        torch.cuda.synchronize()
+        assert offs.shape == want_offs.shape and fids.shape == want_fids.shape, name
+        assert torch.equal(offs.cpu(), want_offs), name
+        assert torch.equal(fids.cpu(), want_fids), name
+        assert fids.is_contiguous() and fids.storage_offset() == 0
+        n = fids.numel()
+        if _BIN_SYNC or way is None:
+            continue
+        slots = _bin_slots(fids)
+        if way == "exact":
+            assert slots == n, (name, n, slots)
+        else:
+            assert slots >= n + 256, (name, n, slots)
+    # the last call's guess was the count itself: 1/32 + 256 of slack, rounded up to 256
+    if not _BIN_SYNC:
+        assert slots <= n + n // 32 + 511, (n, slots)
+
+
+def test_cuda_bin_speculative_matches_exact_on_projected_scene():
+    # a projected scene (tight tile tests): the exact redo, then guessed buffers, give the same bins
+    # and the same images
+    ops = torch.ops.ffavatar
+    W, H = 96, 80
+    s = make_scene(N=2000, C=3, W=W, H=H, D=3, B=2, spread=0.7, dtype=torch.float32, device="cuda")
+    keys = ("means", "quats", "scales", "opacities", "viewmats", "Ks")
+    m2, dp, cn, op, rr, tl = ops.rasterize_project(*(s[k] for k in keys), W, H, 0.01, 1e10, 0.3, False, 16)
+    args = (m2, rr, dp, cn, op, tl, W, H, 16)
+    _decay_bin_hint(_bin_inputs(None, 1, 4, 16, 16, 16, culled=0.0))
+    runs = []
+    for _ in range(3):
+        _poison_cache()
+        offs, fids = ops.rasterize_bin(*args)
+        img = ops.rasterize_render(m2, cn, op, s["colors"], None, offs, fids, W, H, 16)[0]
+        runs.append((offs, fids, img))
+    n = tl.sum().item()
+    assert n > 1024 and all(r[1].numel() == n for r in runs)
+    for offs, fids, img in runs[1:]:
+        assert torch.equal(offs, runs[0][0]) and torch.equal(fids, runs[0][1]) and torch.equal(img, runs[0][2])
+    if not _BIN_SYNC:
+        assert [_bin_slots(r[1]) == n for r in runs] == [True, False, False]
+
+
+def _fwd_bwd_peak_bytes(MN, NS, P, D, fid_bytes, n_tiles, colors_numel):
     """Analytic peak (bytes above the inputs and their .grad) of rasterize + (img.sum() + alpha.sum())
-    .backward() with the meta dict alive, RGB: MN image-Gaussian pairs, NS scene Gaussians, P pixels.
-    Each allocation rounds up to 512 B (the caching allocator's block). Stages (notes/rasterize.md,
-    fourth pass): the render backward (forward's live set + its 4 zeroed gradient buffers) and the
-    projection backward (final_Ts released, v_colors already accumulated, the render gradients of
-    means2d/conics/opacities2d + an expanded zero for depths + the 4 projection gradients)."""
+    .backward() with the meta dict alive, RGB: MN image-Gaussian pairs, NS scene Gaussians, P pixels,
+    fid_bytes the storage of flatten_ids (4 x n_isects, plus the slack of the bin's guessed buffer
+    when it is a view of one). Each allocation rounds up to 512 B (the caching allocator's block).
+    Stages (notes/rasterize.md, fourth pass): the render backward (forward's live set + its 4 zeroed
+    gradient buffers) and the projection backward (final_Ts released, v_colors already accumulated,
+    the render gradients of means2d/conics/opacities2d + an expanded zero for depths + the 4
+    projection gradients)."""
     r = lambda n: -(-n // 512) * 512
     meta = (r(8 * MN) * 2 + r(4 * MN) * 3 + r(12 * MN) + r(MN)  # radii, means2d, depths, opac, tiles, conics, vis
-            + r(4 * n_tiles) + r(4 * n_isects) + r(4 * P))    # isect_offsets, flatten_ids, last_ids
+            + r(4 * n_tiles) + r(fid_bytes) + r(4 * P))       # isect_offsets, flatten_ids, last_ids
     live = meta + r(4 * P * D) + r(4 * P) + 4 * 512           # images, alphas; sum/sum/add/ones scalars
     g2d = r(8 * MN) + r(12 * MN) + r(4 * MN)
     render_bwd = live + r(4 * P) + g2d + r(4 * colors_numel)  # + final_Ts (saved), render gradients
@@ -252,7 +368,9 @@ def test_cuda_fwd_bwd_peak_memory(B):
     def step():
         img, alpha, meta = rasterize(**s)
         (img.sum() + alpha.sum()).backward()
-        return meta["n_isects"]
+        fids = meta["flatten_ids"]  # a view of the bin's guessed buffer after the first call on a device
+        assert fids.untyped_storage().nbytes() >= 4 * meta["n_isects"]
+        return fids.untyped_storage().nbytes()
 
     step()  # .grad exists from here on (accumulated in place, as in benchmarks/bench_rasterize.py)
     torch.cuda.synchronize()
@@ -261,13 +379,13 @@ def test_cuda_fwd_bwd_peak_memory(B):
     exact = key + "current" in torch.cuda.memory_stats()
     base = torch.cuda.memory_stats()[key + "current"] if exact else torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    n_isects = step()
+    fid_bytes = step()
     torch.cuda.synchronize()
     peak = (torch.cuda.memory_stats()[key + "peak"] if exact else torch.cuda.max_memory_allocated()) - base
     Bn = B or 1
     N = s["means"].shape[-2]
     MN, P = Bn * 2 * N, Bn * 2 * 384 * 384
-    bound = _fwd_bwd_peak_bytes(MN, Bn * N, P, 3, n_isects, Bn * 2 * 24 * 24, s["colors"].numel())
+    bound = _fwd_bwd_peak_bytes(MN, Bn * N, P, 3, fid_bytes, Bn * 2 * 24 * 24, s["colors"].numel())
     slack = (64 << 10) if exact else (3 << 20)
     assert peak <= bound + slack, (peak / 2**20, bound / 2**20)
 

@@ -74,19 +74,28 @@ cudaError_t launch_project_bwd(const float* means, const float* quats, const flo
 // temp == nullptr: writes the needed temp bytes into *temp_bytes and returns.
 cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* counts, int32_t* offsets,
                                int64_t n, cudaStream_t stream);
-// Step 2: emit keys (image | tile | depth bits) and values (flatten ids) of every intersection.
+// Step 2: emit keys (image | tile | depth bits) and values (flatten ids) of every intersection:
+// means2d [M*N,2], radii [M*N,2] i32, depths [M*N], conics [M*N,3], opac2d [M*N], offsets [M*N] i32
+// (step 1's inclusive scan), counts [M*N] i32 (tiles_per_gauss) -> keys, values [capacity]. Writes
+// only slots k in [0, capacity): intersection k goes to slot k (k < the count, the last offset);
+// capacity may be below the count (a speculative buffer; the rest is not emitted) or above it (the
+// slots past the count are left as they are).
 cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* depths, const float* conics,
                              const float* opac2d, const int32_t* offsets, const int32_t* counts, const Dims& d,
-                             int64_t* keys, int32_t* values, cudaStream_t stream);
+                             int64_t* keys, int32_t* values, int64_t capacity, cudaStream_t stream);
 // Step 3: radix sort of (key, value) pairs on bits [0, end_bit) with CUB double buffers (keys/values
-// hold the input; *result_in_alt tells whether the sorted pairs are in keys_alt/values_alt).
+// hold the input; *result_in_alt tells whether the sorted pairs are in keys_alt/values_alt). Keys
+// compare as unsigned, and the sort is stable. keys, keys_alt [n] (int64 bits), values, values_alt [n].
 // temp == nullptr: writes the needed temp bytes into *temp_bytes and returns.
 cudaError_t launch_sort_pairs(void* temp, size_t* temp_bytes, int64_t* keys, int64_t* keys_alt, int32_t* values,
                               int32_t* values_alt, int64_t n, int end_bit, bool* result_in_alt,
                               cudaStream_t stream);
-// Step 4: tile offsets [M*T] from the sorted keys.
-cudaError_t launch_tile_offsets(const int64_t* sorted_keys, int64_t n_isects, const Dims& d, int32_t* tile_offsets,
-                                cudaStream_t stream);
+// Step 4: tile offsets [M*T] i32 (every entry written) from the first n sorted keys, sorted_keys
+// [n_isects]. n_isects_dev == nullptr: n = n_isects (> 0; 0 launches nothing). Otherwise n is read on
+// the device, n = clamp(*n_isects_dev, 0, n_isects) (n_isects is then the buffer's capacity; a
+// count above it gives offsets of the first n_isects keys only), and n == 0 writes all zeros.
+cudaError_t launch_tile_offsets(const int64_t* sorted_keys, int64_t n_isects, const int32_t* n_isects_dev,
+                                const Dims& d, int32_t* tile_offsets, cudaStream_t stream);
 
 // Rendering (one block per tile).
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,

@@ -1,10 +1,16 @@
 // CUDA glue of the rasterize ops: validation, allocation through torch's caching allocator (outputs,
 // intermediates, CUB temp storage), the current stream, and the launchers of rasterize_*.cu.
-// float32 only. One host sync per forward: reading the intersection count to size the key buffers.
+// float32 only. One host wait per forward, in the bin, for the intersection count (bin_cuda).
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAMacros.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "rasterize/rasterize_checks.h"
 
@@ -70,6 +76,81 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
   return {v_means, v_quats, v_scales, v_opacities};
 }
 
+// ---- bin: the intersection count without stalling the GPU --------------------------------------
+//
+// The count (the last offset of the scan) sizes the key/value buffers. The exact way reads it with a
+// host sync right after the scan, so the GPU idles while the host queues emit, sort (~14 CUB launches)
+// and offsets. The speculative way sizes the buffers from a per-device guess (`bin_hint`), queues
+// everything behind an async copy of the count, and waits for that copy only then; the GPU is busy
+// with the queued work meanwhile. If the count exceeds the guess, the queued kernels stayed within the
+// guessed buffers and the exact way runs again with the count. Results are the same either way.
+// Exact way: the first call on a device (no guess yet), or FFAVATAR_BIN_SYNC=1 (read once).
+// Neither way can be captured in a CUDA graph (a host sync / an event wait inside the op).
+
+constexpr int kMaxDevices = C10_COMPILE_TIME_MAX_GPUS;
+
+// Per device, a decaying high-water mark of the counts: max(count, previous - previous/8). Any value
+// is correct (it is only a guess); 0: none yet.
+std::atomic<int64_t> bin_hint[kMaxDevices];
+
+bool bin_sync_forced() {
+  static const bool forced = [] {
+    const char* e = std::getenv("FFAVATAR_BIN_SYNC");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return forced;
+}
+
+// Key slots for a guess: 1/32 + 256 over it, a multiple of 256, at most INT32_MAX (CUB's item count).
+int64_t bin_capacity(int64_t hint) {
+  return std::min<int64_t>((int64_t)align_up((size_t)(hint + hint / 32 + 256)), INT32_MAX);
+}
+
+// The count of a speculative bin: copied from the device into pinned host memory with an event behind
+// it, so the host can queue the rest of the bin before it waits. Per thread: one pinned int32 and one
+// event per device, created on first use and kept until the process ends (no CUDA calls at thread
+// exit). A thread's slot is never shared by two copies in flight: every copy is waited for before its
+// bin_cuda returns, also when it throws (the destructor waits).
+class PendingCount {
+ public:
+  PendingCount(int device, const int32_t* count_dev, cudaStream_t stream) {
+    thread_local int32_t* host = nullptr;
+    thread_local cudaEvent_t events[kMaxDevices] = {};
+    if (host == nullptr)
+      FFA_CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int32_t), cudaHostAllocPortable),
+                     "rasterize bin: pinned count");
+    if (events[device] == nullptr)
+      FFA_CHECK_CUDA(cudaEventCreateWithFlags(&events[device], cudaEventDisableTiming), "rasterize bin: event");
+    cudaError_t err = cudaMemcpyAsync(host, count_dev, sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+    if (err == cudaSuccess) {
+      err = cudaEventRecord(events[device], stream);
+      if (err != cudaSuccess) (void)cudaStreamSynchronize(stream);  // the copy is in flight: let it land
+    }
+    FFA_CHECK_CUDA(err, "rasterize bin: count copy");
+    host_ = host;
+    event_ = events[device];
+  }
+  PendingCount(const PendingCount&) = delete;
+  PendingCount& operator=(const PendingCount&) = delete;
+  ~PendingCount() {
+    if (!waited_) (void)cudaEventSynchronize(event_);
+  }
+  int32_t wait() {
+    // a host sync, as memcpy_and_sync is: reported alike under torch.cuda.set_sync_debug_mode (which
+    // may throw here; the destructor then waits)
+    if (C10_UNLIKELY(c10::cuda::warning_state().get_sync_debug_mode() != c10::cuda::SyncDebugMode::L_DISABLED))
+      c10::cuda::warn_or_error_on_sync();
+    waited_ = true;
+    FFA_CHECK_CUDA(cudaEventSynchronize(event_), "rasterize bin: count wait");
+    return *host_;
+  }
+
+ private:
+  int32_t* host_ = nullptr;
+  cudaEvent_t event_ = nullptr;
+  bool waited_ = false;
+};
+
 std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at::Tensor& radii,
                                             const at::Tensor& depths, const at::Tensor& conics,
                                             const at::Tensor& opac2d, const at::Tensor& tiles, int64_t width,
@@ -86,8 +167,8 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   if (MN == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
   const int end_bit = 32 + bit_width(TP) + bit_width(d.B * d.C);
   FFA_CHECK(end_bit <= 64, "rasterize: images x tiles too large for 64-bit keys");
-  // Inclusive scan of the counts (offsets and CUB's temp storage: one allocation), then the one host
-  // sync of the forward: the total, copied straight from the last offset.
+  // Inclusive scan of the counts (offsets and CUB's temp storage: one allocation); the last offset is
+  // the count.
   size_t scan_bytes = 0;
   FFA_CHECK_CUDA(launch_scan_counts(nullptr, &scan_bytes, tiles.data_ptr<int32_t>(), nullptr, MN, stream),
                  "rasterize scan (size)");
@@ -97,36 +178,76 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   FFA_CHECK_CUDA(launch_scan_counts(static_cast<char*>(obuf.data_ptr()) + off_bytes, &scan_bytes,
                                     tiles.data_ptr<int32_t>(), offsets, MN, stream),
                  "rasterize scan");
-  int32_t total = 0;
-  c10::cuda::memcpy_and_sync(&total, offsets + (MN - 1), sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
-  // int32 scan: an overflow (> 2^31 intersections) shows up as a negative total
-  FFA_CHECK(total >= 0, "rasterize: too many tile intersections (int32 overflow)");
-  const int64_t n_isects = total;
+  const int32_t* count_dev = offsets + (MN - 1);
+
+  // Emit keys, sort, tile offsets for `cap` key slots; returns the values buffer holding the sorted
+  // flatten ids (entries [0, min(count, cap)) are meaningful). Keys, their double buffer and the
+  // sort's temp storage: one allocation; the values: two (the sorted ones are returned; everything
+  // else is freed on return, before the render allocates). speculative == false: cap is the count
+  // (every slot is emitted). speculative: cap is a guess; the slots past the count hold sentinel keys
+  // (all ones in bits [0, end_bit), sorted after every emitted key: an emitted key's low 32 bits are
+  // a depth, never all ones, and ties would keep them first anyway, the sort being stable), the emit
+  // writes below cap only, and the offsets kernel reads the count on the device (min(count, cap)).
+  auto emit_sort_offsets = [&](int64_t cap, bool speculative) {
+    size_t sort_bytes = 0;
+    FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &sort_bytes, nullptr, nullptr, nullptr, nullptr, cap, end_bit,
+                                     nullptr, stream),
+                   "rasterize sort (size)");
+    const size_t key_bytes = align_up((size_t)cap * sizeof(int64_t));
+    at::Tensor kbuf = at::empty({(int64_t)(2 * key_bytes + sort_bytes + 1)}, bo);
+    char* kp = static_cast<char*>(kbuf.data_ptr());
+    int64_t* keys = reinterpret_cast<int64_t*>(kp);
+    int64_t* keys_alt = reinterpret_cast<int64_t*>(kp + key_bytes);
+    at::Tensor vals = at::empty({cap}, io), vals_alt = at::empty({cap}, io);
+    if (speculative)
+      FFA_CHECK_CUDA(cudaMemsetAsync(keys, 0xFF, (size_t)cap * sizeof(int64_t), stream), "rasterize bin memset");
+    FFA_CHECK_CUDA(launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), depths.data_ptr<float>(),
+                                    conics.data_ptr<float>(), opac2d.data_ptr<float>(), offsets,
+                                    tiles.data_ptr<int32_t>(), d, keys, vals.data_ptr<int32_t>(), cap, stream),
+                   "rasterize emit_keys kernel");
+    bool in_alt = false;
+    FFA_CHECK_CUDA(launch_sort_pairs(kp + 2 * key_bytes, &sort_bytes, keys, keys_alt, vals.data_ptr<int32_t>(),
+                                     vals_alt.data_ptr<int32_t>(), cap, end_bit, &in_alt, stream),
+                   "rasterize sort");
+    FFA_CHECK_CUDA(launch_tile_offsets(in_alt ? keys_alt : keys, cap, speculative ? count_dev : nullptr, d,
+                                       tile_offsets.data_ptr<int32_t>(), stream),
+                   "rasterize tile_offsets kernel");
+    return in_alt ? vals_alt : vals;
+  };
+  // int32 scan: an overflow (> 2^31 intersections) shows up as a negative count
+  auto checked = [](int32_t count) {
+    FFA_CHECK(count >= 0, "rasterize: too many tile intersections (int32 overflow)");
+    return (int64_t)count;
+  };
+
+  const int dev = means2d.get_device();
+  FFA_CHECK(dev >= 0 && dev < kMaxDevices, "rasterize: CUDA device index out of range: ", dev);
+  std::atomic<int64_t>& hint = bin_hint[dev];
+  const int64_t guess = hint.load(std::memory_order_relaxed);
+  int64_t n_isects = 0;
+  at::Tensor sorted_vals;
+  if (guess == 0 || bin_sync_forced()) {
+    int32_t count = 0;
+    c10::cuda::memcpy_and_sync(&count, count_dev, sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+    n_isects = checked(count);
+    if (n_isects > 0) sorted_vals = emit_sort_offsets(n_isects, false);
+  } else {
+    const int64_t cap = bin_capacity(guess);
+    PendingCount count(dev, count_dev, stream);
+    sorted_vals = emit_sort_offsets(cap, true);
+    n_isects = checked(count.wait());  // by now the scan is long done; the GPU works on the queued kernels
+    if (n_isects > cap) {
+      // the guess was short: the kernels above wrote within their buffers only; redo with the count
+      // (the speculative buffer goes back to the allocator first: stream order makes that safe)
+      sorted_vals = at::Tensor();
+      sorted_vals = emit_sort_offsets(n_isects, false);
+    }
+  }
+  const int64_t prev = hint.load(std::memory_order_relaxed);
+  hint.store(std::max(n_isects, prev - prev / 8), std::memory_order_relaxed);
   if (n_isects == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
-  // Keys, their double buffer and the sort's temp storage: one allocation; the values: two (the sorted
-  // ones are returned as flatten_ids; everything else is freed on return, before the render allocates).
-  size_t sort_bytes = 0;
-  FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &sort_bytes, nullptr, nullptr, nullptr, nullptr, n_isects, end_bit,
-                                   nullptr, stream),
-                 "rasterize sort (size)");
-  const size_t key_bytes = align_up((size_t)n_isects * sizeof(int64_t));
-  at::Tensor kbuf = at::empty({(int64_t)(2 * key_bytes + sort_bytes + 1)}, bo);
-  char* kp = static_cast<char*>(kbuf.data_ptr());
-  int64_t* keys = reinterpret_cast<int64_t*>(kp);
-  int64_t* keys_alt = reinterpret_cast<int64_t*>(kp + key_bytes);
-  at::Tensor vals = at::empty({n_isects}, io), vals_alt = at::empty({n_isects}, io);
-  FFA_CHECK_CUDA(launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), depths.data_ptr<float>(),
-                                  conics.data_ptr<float>(), opac2d.data_ptr<float>(), offsets,
-                                  tiles.data_ptr<int32_t>(), d, keys, vals.data_ptr<int32_t>(), stream),
-                 "rasterize emit_keys kernel");
-  bool in_alt = false;
-  FFA_CHECK_CUDA(launch_sort_pairs(kp + 2 * key_bytes, &sort_bytes, keys, keys_alt, vals.data_ptr<int32_t>(),
-                                   vals_alt.data_ptr<int32_t>(), n_isects, end_bit, &in_alt, stream),
-                 "rasterize sort");
-  FFA_CHECK_CUDA(launch_tile_offsets(in_alt ? keys_alt : keys, n_isects, d, tile_offsets.data_ptr<int32_t>(),
-                                     stream),
-                 "rasterize tile_offsets kernel");
-  return {tile_offsets, in_alt ? vals_alt : vals};
+  // flatten_ids: the first n_isects sorted values (a view; its storage may hold the guess's slack)
+  return {tile_offsets, sorted_vals.narrow(0, 0, n_isects)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda(
