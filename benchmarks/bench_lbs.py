@@ -1,7 +1,10 @@
 """FLAME LBS + anchored Gaussians: ours vs the reference twin (eager and torch.compile), one process.
 
-Cases: B in {1, 16}; "vertices" (flame_lbs) and "gaussians" (81,424 anchored Gaussians, full
-rotations); forward and forward+backward. Our forward is timed as CUDA-graph replays with CUDA
+Cases: B in {1, 16}; "vertices" (flame_lbs), "gaussians" (81,424 Gaussians with random anchors: no
+locality at all, the stress case) and "gaussians-subdiv" (81,424 Gaussians anchored as the model
+layer anchors them: the synthetic head's 2-level midpoint subdivision, 79,738 points in
+ffavatar.subdivide's order, plus its first 1,686 points again), full rotations; forward and
+forward+backward. Our forward is timed as CUDA-graph replays with CUDA
 events; every other row with CUDA events around a loop. Inputs rotate over 4 model copies (> L2) so
 the shapedirs read is not served from L2. extra_info holds all timings (µs) and the speedups; the
 pytest-benchmark stats are our (graph) forward / eager fwd+bwd wall times.
@@ -37,6 +40,20 @@ def _anchors(dev):
     idx = torch.randint(0, V, (N, 4), device=dev, dtype=torch.int32)
     w = torch.rand(N, 4, device=dev) + 0.05
     return idx, w / w.sum(1, keepdim=True), torch.randn(N, 3, device=dev) * 1e-2, torch.randn(N, 4, device=dev)
+
+
+def _subdiv_anchors(dev):
+    """The synthetic head's subdivision anchors (what ffavatar.gaussians builds), padded to N rows by
+    repeating its first points; same offsets / quaternions as _anchors."""
+    from ffavatar.subdivide import subdivide
+    from ffavatar.synthetic import synthetic_head
+    head = synthetic_head()
+    assert head.num_vertices == V
+    idx, w, _ = subdivide(head.faces, V, 2)
+    extra = N - idx.shape[0]
+    idx, w = torch.cat([idx, idx[:extra]]), torch.cat([w, w[:extra]])
+    return (idx.to(dev, torch.int32), w.to(dev), torch.randn(N, 3, device=dev) * 1e-2,
+            torch.randn(N, 4, device=dev))
 
 
 def _args(m):
@@ -82,12 +99,12 @@ def _graph_us(fn, replays=50):
     return a.elapsed_time(b) * 1e3 / (replays * COPIES), g
 
 
-@pytest.mark.parametrize("what", ["vertices", "gaussians"])
+@pytest.mark.parametrize("what", ["vertices", "gaussians", "gaussians-subdiv"])
 @pytest.mark.parametrize("B", [1, 16])
 def test_bench_lbs(benchmark, B, what):
     dev = "cuda"
     models = [_model(dev) for _ in range(COPIES)]
-    idx, aw, off, q = _anchors(dev)
+    idx, aw, off, q = _subdiv_anchors(dev) if what == "gaussians-subdiv" else _anchors(dev)
     betas = [torch.randn(B, S, device=dev) for _ in range(COPIES)]
     pose = [torch.randn(B, J * 3, device=dev) * 0.3 for _ in range(COPIES)]
 
@@ -109,7 +126,7 @@ def test_bench_lbs(benchmark, B, what):
             info["ours_fwd_graph_nopdl_us"], _ = _graph_us(impls["ours"])
         finally:
             del os.environ["FFAVATAR_NO_PDL"]
-        if what == "gaussians" and B == 1:  # A/B of the fused one-frame kernel (flame_skin_gaussians)
+        if what != "vertices" and B == 1:  # A/B of the fused one-frame kernel (flame_skin_gaussians)
             os.environ["FFAVATAR_NO_FUSED"] = "1"
             try:
                 info["ours_fwd_graph_nofused_us"], _ = _graph_us(impls["ours"])
@@ -129,7 +146,7 @@ def test_bench_lbs(benchmark, B, what):
 
         def run(i):
             outs = fn(i)
-            torch.autograd.grad(outs, [betas[i % COPIES], pose[i % COPIES]] + ([off, q] if what == "gaussians" else []),
+            torch.autograd.grad(outs, [betas[i % COPIES], pose[i % COPIES]] + ([off, q] if what != "vertices" else []),
                                 grad_outputs=g_outs)
         return run, leaves
 
@@ -149,6 +166,6 @@ def test_bench_lbs(benchmark, B, what):
         if "ours_fwdbwd_graph_us" in info:  # GPU time against GPU time (the reference is GPU-bound)
             info[f"speedup_fwdbwd_graph_vs_{name}"] = info[f"{name}_fwdbwd_us"] / info["ours_fwdbwd_graph_us"]
     benchmark.extra_info.update({k: round(v, 2) for k, v in info.items()})
-    benchmark.extra_info.update(B=B, case=what, N=N if what == "gaussians" else 0)
+    benchmark.extra_info.update(B=B, case=what, N=N if what != "vertices" else 0)
     benchmark.pedantic(lambda: (graph.replay(), torch.cuda.synchronize()), rounds=20, iterations=5)
     print(f"\nLBS {what} B={B}: " + ", ".join(f"{k}={v:.1f}" for k, v in info.items()))

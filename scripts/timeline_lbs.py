@@ -2,7 +2,8 @@
 every kernel of one replay relative to the replay's first kernel, for B=1 (one-frame path) and B=16,
 81,424 random anchors, COPIES models so shapedirs is streamed from DRAM as in the benchmark.
 Shows the gaps between dependent kernels and how far PDL overlaps them.
-Usage: python scripts/timeline_lbs.py [trace_dir]"""
+Usage: python scripts/timeline_lbs.py [trace_dir] [subdiv]  (subdiv: benchmarks/bench_lbs.py's
+subdivision anchors instead of random ones)"""
 import importlib
 import json
 import os
@@ -12,26 +13,17 @@ import tempfile
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-V, J, S, P, N = 5023, 5, 400, 36, 81424
+J, S = 5, 400
 COPIES = 4
 
 
-def _model(dev):
-    W = torch.rand(V, J, device=dev) ** 4
-    Jr = torch.rand(J, V, device=dev)
-    return [torch.randn(V, 3, device=dev) * 0.1, torch.randn(V, 3, S, device=dev) * 1e-3,
-            torch.randn(P, V * 3, device=dev) * 1e-2, Jr / Jr.sum(1, keepdim=True),
-            torch.tensor([-1, 0, 1, 1, 1]), W / W.sum(1, keepdim=True)]
-
-
-def timeline(B: int, out_dir: str) -> None:
+def timeline(B: int, out_dir: str, subdiv: bool) -> None:
     F = importlib.import_module("ffavatar_kernels.flame_lbs")
     dev = "cuda"
-    models = [_model(dev) for _ in range(COPIES)]
-    idx = torch.randint(0, V, (N, 4), device=dev, dtype=torch.int32)
-    aw = torch.rand(N, 4, device=dev) + 0.05
-    aw = aw / aw.sum(1, keepdim=True)
-    off, q = torch.randn(N, 3, device=dev) * 1e-2, torch.randn(N, 4, device=dev)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    bench = importlib.import_module("bench_lbs")
+    models = [bench._args(bench._model(dev)) for _ in range(COPIES)]
+    idx, aw, off, q = (bench._subdiv_anchors if subdiv else bench._anchors)(dev)
     betas = [torch.randn(B, S, device=dev) for _ in range(COPIES)]
     pose = [torch.randn(B, J * 3, device=dev) * 0.3 for _ in range(COPIES)]
 
@@ -81,4 +73,4 @@ def timeline(B: int, out_dir: str) -> None:
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
     for b in (1, 16):
-        timeline(b, out)
+        timeline(b, out, "subdiv" in sys.argv[2:])
