@@ -71,8 +71,16 @@ __device__ __forceinline__ int reduce_scatter_frames(float (&acc)[BT][3], int la
   return (lane & dup) == 0 ? lane >> (5 - R) : -1;
 }
 
+// BT = 16: per-warp scratch for the reduction of the 3*BT partial sums, [3*BT][kRedPitch] floats.
+constexpr int kRedPitch = kWarp + 1;  // pitch 33: the column reads below hit 32 different banks
+template <int BT>
+constexpr int red_floats_per_warp() {
+  return BT >= 16 ? 3 * BT * kRedPitch : 0;
+}
+
 // Pose correctives, warp reduction, skinning and stores of vertex v (frame b0+f by the lane that
-// holds frame f's sums, f < nb).
+// holds frame f's sums, f < nb). s_A: [BT,J,16] in the kernel's shared memory, the reduction scratch
+// after it (BT = 16 only).
 template <int BT>
 __device__ __forceinline__ void finish_vertex(float (&acc)[BT][3], const float* s_pf, const float* s_A,
                                               const float* __restrict__ vt, const float* __restrict__ pd,
@@ -84,16 +92,30 @@ __device__ __forceinline__ void finish_vertex(float (&acc)[BT][3], const float* 
   if (BT <= 8) {
     f = reduce_scatter_frames<BT>(acc, lane, mine);
   } else {
-    // BT = 16: plain butterflies need fewer live registers than the reduce-scatter, which keeps
-    // the shapedirs loop at unroll 2 without spills (H200, B=16 vertices incl. joints: 47 µs at
-    // e74bac6 with this path, 53 µs at 04fe70d with the reduce-scatter and unroll 1)
+    // BT = 16: a transpose through shared memory (each lane stores its 48 partial sums, then sums
+    // one of the 48 columns over the 32 lanes: ~180 instructions per lane instead of the ~530 of 48
+    // five-step butterflies, and fewer live registers than the reduce-scatter, which spilled here)
+    constexpr int O = 3 * BT;
+    float* s_red = const_cast<float*>(s_A) + BT * J * 16 + (threadIdx.x / kWarp) * red_floats_per_warp<BT>();
 #pragma unroll
     for (int bt = 0; bt < BT; ++bt)
 #pragma unroll
-      for (int c = 0; c < 3; ++c) {
-        const float t = warp_sum(acc[bt][c]);
-        if (lane == bt) mine[c] = t;
-      }
+      for (int c = 0; c < 3; ++c) s_red[(bt * 3 + c) * kRedPitch + lane] = acc[bt][c];
+    __syncwarp();
+    float r0 = 0.f, r1 = 0.f;  // columns o = lane and o = lane + 32 (lane < O - 32)
+#pragma unroll 8
+    for (int k = 0; k < kWarp; ++k) r0 += s_red[lane * kRedPitch + k];
+    if (lane + kWarp < O)
+#pragma unroll 8
+      for (int k = 0; k < kWarp; ++k) r1 += s_red[(lane + kWarp) * kRedPitch + k];
+    __syncwarp();
+    s_red[lane] = r0;
+    if (lane + kWarp < O) s_red[lane + kWarp] = r1;
+    __syncwarp();
+    if (lane < BT)
+#pragma unroll
+      for (int c = 0; c < 3; ++c) mine[c] = s_red[lane * 3 + c];
+    __syncwarp();  // the next vertex overwrites the scratch
     f = lane < BT ? lane : -1;
   }
   if (f >= 0 && f < nb) {
@@ -121,6 +143,7 @@ __global__ void __launch_bounds__(256, BT >= 4 ? 2 : BT >= 2 ? 4 : 5) vertices_f
   float* s_b = smem;             // [BT,S]
   float* s_pf = s_b + BT * S;    // [BT,P]
   float* s_A = s_pf + BT * P;    // [BT,J,16]
+  // then (BT = 16) the reduction scratch, [nw][3*BT][kRedPitch] (finish_vertex)
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
   const int stride = gridDim.x * nw;
   for (int b0 = 0; b0 < B; b0 += BT) {
@@ -162,12 +185,12 @@ template <int BT>
 cudaError_t launch_vertices_bt(const float* betas, const float* rot, const float* A, const float* vt, const float* sd,
                                const float* pd, const float* W, int B, int V, int J, int S, float* verts,
                                float* v_posed, bool pdl, cudaStream_t stream) {
-  size_t smem = sizeof(float) * (size_t)BT * (S + (J - 1) * 9 + J * 16);
+  const int threads = 256, per_block = threads / kWarp;
+  size_t smem = sizeof(float) * ((size_t)BT * (S + (J - 1) * 9 + J * 16) + (size_t)per_block * red_floats_per_warp<BT>());
   const bool vec4 = S % 4 == 0 && reinterpret_cast<uintptr_t>(sd) % 16 == 0;
   auto kernel = vec4 ? vertices_fwd_kernel<BT, true> : vertices_fwd_kernel<BT, false>;
   if (smem > 48 * 1024)
     FFA_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  const int threads = 256, per_block = threads / kWarp;
   int blocks = (V + per_block - 1) / per_block;
   // Resident blocks only (grid-stride over vertices): the smem preload of a chunk (BT*S betas etc.)
   // is paid once per resident block instead of once per 8 vertices.

@@ -1,13 +1,11 @@
 // One-frame forward of skin_gaussians (flame_skin_gaussians op) in two launches instead of three, for
 // the real-time animation case (B = 1, no autograd):
 //   (1) vposed_one_kernel: every block puts betas and the pose features R_j - I in shared memory
-//       (Rodrigues per block: J rotations, cheaper than waiting for the joints kernel); block 0
+//       (Rodrigues per block: J rotations, cheaper than waiting for the joints kernel); the last block
 //       runs the rest joints (J_template + J_dirs . betas) and the kinematic chain and writes A [J,16]
 //       and joints; the other blocks blend the base vertices, one warp per vertex with every
-//       shapedirs / posedirs load of the vertex in flight at once, the first vertex's loads issued
-//       before the shared-memory setup and each next vertex's during the current one's reduction
-//       -> v_posed [V,kVP] (the summation order of the vertex kernel at BT = 1, so v_posed is
-//       bitwise the same). It triggers its
+//       shapedirs / posedirs load of the vertex in flight at once -> v_posed [V,kVP] (the summation
+//       order of the vertex kernel at BT = 1, so v_posed is bitwise the same). It triggers its
 //       dependents at once and is sized to two blocks per SM, so
 //   (2) the Gaussian kernel (gaussians_fwd_kernel, programmatic dependent launch) becomes resident
 //       while (1) streams shapedirs, loads its anchors / joint weights / quaternions, and waits only
@@ -15,7 +13,6 @@
 // (A single cooperative kernel with a grid barrier was measured first: the cooperative launch cost
 // ~4.5 µs per call in CUDA-graph replay on the H200, more than the second launch does.)
 #include <algorithm>
-#include <cstdlib>
 
 #include "common/pdl.cuh"
 #include "flame_lbs/flame_lbs.h"
@@ -26,27 +23,7 @@ namespace lbs {
 namespace {
 
 constexpr int kFusedThreads = 256;
-// vposed blocks per SM in the grid (V = 5023: 2 -> 2.4 vertices per warp). 2 leaves room for one
-// Gaussian block per SM (PDL); on the H200 3 and 4 were slower per call (19.4 / 19.7 vs 16.0 µs at
-// 47e410e: the Gaussian blocks then start only as vposed blocks retire, and 4 caps registers at 64).
-// FFAVATAR_FUSED_BPS=2|3|4 overrides it (A/B on the GPU; read once).
-constexpr int kFusedBlocksPerSM = 2;
-inline int fused_blocks_per_sm() {
-  static const int bps = [] {
-    const char* e = std::getenv("FFAVATAR_FUSED_BPS");
-    const int v = e ? std::atoi(e) : kFusedBlocksPerSM;
-    return v >= 2 && v <= 4 ? v : kFusedBlocksPerSM;
-  }();
-  return bps;
-}
-// FFAVATAR_FUSED_PIPE=0|1: vposed loads issued ahead (PIPE below); default 1. Read once.
-inline bool fused_pipelined() {
-  static const bool pipe = [] {
-    const char* e = std::getenv("FFAVATAR_FUSED_PIPE");
-    return !(e && e[0] == '0');
-  }();
-  return pipe;
-}
+constexpr int kFusedBlocksPerSM = 2;  // leaves room for the Gaussian kernel's blocks (PDL)
 
 struct FusedSmem {  // float offsets into the dynamic shared buffer: betas [S], rot [J,9], pose features
   int b, rot, pf, rest, G, total;  // [P], rest joints [J,3], chain scratch [J,12]
@@ -60,41 +37,31 @@ struct FusedSmem {  // float offsets into the dynamic shared buffer: betas [S], 
   }
 };
 
-// One vertex, one frame, float4 shapedirs (S4 = S/4 <= kWarp*U) and P <= 2*kWarp, in two halves so a
-// warp can have a vertex's loads in flight while it does other work: load_vertex_one issues every
-// shapedirs and posedirs load of the vertex (one memory round trip per vertex instead of 3-4 in
-// blend_shape's loop), blend_vertex_one does the FMAs. Same summation order as blend_shape<1, true>
-// followed by add_pose_correctives<1> (lane's s4 ascending, then its p ascending).
+// One vertex, one frame, float4 shapedirs (S4 = S/4 <= kWarp*U) and P <= 2*kWarp: every shapedirs and
+// posedirs load of the vertex is issued before the first FMA (one memory round trip per vertex
+// instead of 3-4 in blend_shape's loop). Same summation order as blend_shape<1, true> followed by
+// add_pose_correctives<1> (lane's s4 ascending, then its p ascending).
 template <int U>
-struct VertexLoads {
-  float4 x[U][3];  // shapedirs rows of the vertex, this lane's float4 columns
-  float y[2][3];   // posedirs of the vertex, this lane's pose features
-};
-
-template <int U>
-__device__ __forceinline__ void load_vertex_one(const float* __restrict__ sd, const float* __restrict__ pd, int v,
-                                                int V, int S, int P, int lane, VertexLoads<U>& l) {
+__device__ __forceinline__ void blend_vertex_one(const float* __restrict__ sd, const float* __restrict__ pd,
+                                                 const float* s_b, const float* s_pf, int v, int V, int S, int P,
+                                                 int lane, float (&acc)[3]) {
   const int S4 = S >> 2;
   const float4* row = reinterpret_cast<const float4*>(sd + (int64_t)v * 3 * S);
+  float4 x[U][3];
+  float y[2][3];
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int s4 = lane + u * kWarp;
 #pragma unroll
-    for (int r = 0; r < 3; ++r) l.x[u][r] = s4 < S4 ? __ldg(row + r * S4 + s4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int r = 0; r < 3; ++r) x[u][r] = s4 < S4 ? __ldg(row + r * S4 + s4) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
 #pragma unroll
   for (int u = 0; u < 2; ++u) {
     const int p = lane + u * kWarp;
     const float* col = pd + (int64_t)p * V * 3 + (int64_t)v * 3;
 #pragma unroll
-    for (int c = 0; c < 3; ++c) l.y[u][c] = p < P ? __ldg(col + c) : 0.f;
+    for (int c = 0; c < 3; ++c) y[u][c] = p < P ? __ldg(col + c) : 0.f;
   }
-}
-
-template <int U>
-__device__ __forceinline__ void blend_vertex_one(const VertexLoads<U>& l, const float* s_b, const float* s_pf, int S,
-                                                 int P, int lane, float (&acc)[3]) {
-  const int S4 = S >> 2;
   const float4* sb4 = reinterpret_cast<const float4*>(s_b);
   acc[0] = acc[1] = acc[2] = 0.f;
 #pragma unroll
@@ -104,7 +71,7 @@ __device__ __forceinline__ void blend_vertex_one(const VertexLoads<U>& l, const 
       const float4 bb = sb4[s4];
 #pragma unroll
       for (int r = 0; r < 3; ++r)
-        acc[r] += l.x[u][r].x * bb.x + l.x[u][r].y * bb.y + l.x[u][r].z * bb.z + l.x[u][r].w * bb.w;
+        acc[r] += x[u][r].x * bb.x + x[u][r].y * bb.y + x[u][r].z * bb.z + x[u][r].w * bb.w;
     }
   }
 #pragma unroll
@@ -113,16 +80,14 @@ __device__ __forceinline__ void blend_vertex_one(const VertexLoads<U>& l, const 
     if (p < P) {
       const float f = s_pf[p];
 #pragma unroll
-      for (int c = 0; c < 3; ++c) acc[c] += l.y[u][c] * f;
+      for (int c = 0; c < 3; ++c) acc[c] += y[u][c] * f;
     }
   }
 }
 constexpr int kFusedS4 = 4;  // blend_vertex_one handles S <= 4 * kWarp * kFusedS4 = 512
 
-// PIPE: a vertex's loads are issued ahead (the first before the setup, each next one during the
-// current reduction); costs registers (117 at BPS 2 on sm_90, vs 72 without).
-template <bool VEC4, int BPS, bool PIPE>
-__global__ void __launch_bounds__(kFusedThreads, BPS) vposed_one_kernel(
+template <bool VEC4>
+__global__ void __launch_bounds__(kFusedThreads) vposed_one_kernel(
     const float* __restrict__ betas, const float* __restrict__ pose, bool is_matrix, const float* __restrict__ Jt,
     const float* __restrict__ Jd, Parents par, const float* __restrict__ vt, const float* __restrict__ sd,
     const float* __restrict__ pd, int V, int J, int S, float* __restrict__ v_posed, float* __restrict__ joints,
@@ -132,20 +97,17 @@ __global__ void __launch_bounds__(kFusedThreads, BPS) vposed_one_kernel(
   const FusedSmem L(J, S);
   float *s_b = smem + L.b, *s_rot = smem + L.rot, *s_pf = smem + L.pf;
   const int P = (J - 1) * 9, tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp, nw = blockDim.x / kWarp;
-  auto setup = [&] {  // betas and the joint rotations in shared memory
-    for (int e = tid; e < S; e += blockDim.x) s_b[e] = betas[e];
-    for (int j = tid; j < J; j += blockDim.x) {
-      float* R = s_rot + j * 9;
-      if (is_matrix) {
-        for (int i = 0; i < 9; ++i) R[i] = pose[j * 9 + i];
-      } else {
-        rodrigues(pose + j * 3, R);
-      }
+  for (int e = tid; e < S; e += blockDim.x) s_b[e] = betas[e];
+  for (int j = tid; j < J; j += blockDim.x) {
+    float* R = s_rot + j * 9;
+    if (is_matrix) {
+      for (int i = 0; i < 9; ++i) R[i] = pose[j * 9 + i];
+    } else {
+      rodrigues(pose + j * 3, R);
     }
-    __syncthreads();
-  };
-  if (blockIdx.x == 0) {  // block 0 (scheduled first): rest joints (one warp per coordinate), the chain
-    setup();
+  }
+  __syncthreads();
+  if (blockIdx.x == gridDim.x - 1) {  // rest joints (one warp per coordinate) and the chain
     float* s_rest = smem + L.rest;
     for (int o = warp; o < J * 3; o += nw) {
       float acc = 0.f;
@@ -155,28 +117,18 @@ __global__ void __launch_bounds__(kFusedThreads, BPS) vposed_one_kernel(
     }
     __syncthreads();
     if (tid == 0) chain_forward(J, par, s_rot, s_rest, smem + L.G, joints, A);
-    return;
+    if (gridDim.x > 1) return;
   }
-  // Blocks 1..: one warp per vertex. The first vertex's loads go out before the shared-memory setup,
-  // which then hides under them.
-  const int stride = (gridDim.x - 1) * nw;
-  const bool fast = VEC4 && S <= 4 * kWarp * kFusedS4 && P <= 2 * kWarp;
-  int v = (blockIdx.x - 1) * nw + warp;
-  VertexLoads<kFusedS4> l;
-  if (PIPE && fast && v < V) load_vertex_one<kFusedS4>(sd, pd, v, V, S, P, lane, l);
-  setup();
   for (int e = tid; e < P; e += blockDim.x) {
     const int k = e % 9;
     s_pf[e] = s_rot[9 + e] - ((k == 0 || k == 4 || k == 8) ? 1.f : 0.f);
   }
   __syncthreads();
-  for (; v < V; v += stride) {
+  const int vblocks = gridDim.x > 1 ? gridDim.x - 1 : 1;
+  for (int v = blockIdx.x * nw + warp; v < V; v += vblocks * nw) {
     float acc[1][3];
-    if (fast) {
-      if (!PIPE) load_vertex_one<kFusedS4>(sd, pd, v, V, S, P, lane, l);
-      blend_vertex_one<kFusedS4>(l, s_b, s_pf, S, P, lane, acc[0]);
-      // the next vertex's loads fly during this one's reduction and store
-      if (PIPE && v + stride < V) load_vertex_one<kFusedS4>(sd, pd, v + stride, V, S, P, lane, l);
+    if (VEC4 && S <= 4 * kWarp * kFusedS4 && P <= 2 * kWarp) {
+      blend_vertex_one<kFusedS4>(sd, pd, s_b, s_pf, v, V, S, P, lane, acc[0]);
     } else {
       blend_shape<1, VEC4>(sd, s_b, v, S, lane, acc);
       add_pose_correctives<1>(pd, s_pf, v, V, P, lane, acc);
@@ -189,11 +141,11 @@ __global__ void __launch_bounds__(kFusedThreads, BPS) vposed_one_kernel(
   }
 }
 
-template <bool VEC4, int BPS, bool PIPE>
-cudaError_t launch_vposed_one_bps(const float* betas, const float* pose, bool is_matrix, const float* Jt,
+template <bool VEC4>
+cudaError_t launch_vposed_one(const float* betas, const float* pose, bool is_matrix, const float* Jt,
                               const float* Jd, const Parents& par, const float* vt, const float* sd, const float* pd,
                               int V, int J, int S, float* v_posed, float* joints, float* A, cudaStream_t stream) {
-  auto kernel = vposed_one_kernel<VEC4, BPS, PIPE>;
+  auto kernel = vposed_one_kernel<VEC4>;
   const size_t smem = sizeof(float) * (size_t)FusedSmem(J, S).total;
   if (smem > 48 * 1024)
     FFA_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -201,33 +153,10 @@ cudaError_t launch_vposed_one_bps(const float* betas, const float* pose, bool is
   FFA_RETURN_IF_CUDA_ERROR(cudaGetDevice(&dev));
   FFA_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int per_block = kFusedThreads / kWarp;
-  const int blocks = std::min((V + per_block - 1) / per_block, BPS * sms) + 1;  // + the joints block (0)
+  const int blocks = std::min((V + per_block - 1) / per_block, kFusedBlocksPerSM * sms) + 1;  // + the joints block
   kernel<<<blocks, kFusedThreads, smem, stream>>>(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed,
                                                   joints, A);
   return cudaGetLastError();
-}
-
-template <bool VEC4, bool PIPE>
-cudaError_t launch_vposed_one_pipe(const float* betas, const float* pose, bool is_matrix, const float* Jt,
-                                   const float* Jd, const Parents& par, const float* vt, const float* sd,
-                                   const float* pd, int V, int J, int S, float* v_posed, float* joints, float* A,
-                                   cudaStream_t stream) {
-#define FFA_VPOSED(BPS) \
-  launch_vposed_one_bps<VEC4, BPS, PIPE>(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed, joints, A, stream)
-  switch (fused_blocks_per_sm()) {
-    case 3: return FFA_VPOSED(3);
-    case 4: return FFA_VPOSED(4);
-    default: return FFA_VPOSED(2);
-  }
-#undef FFA_VPOSED
-}
-
-template <bool VEC4>
-cudaError_t launch_vposed_one(const float* betas, const float* pose, bool is_matrix, const float* Jt,
-                              const float* Jd, const Parents& par, const float* vt, const float* sd, const float* pd,
-                              int V, int J, int S, float* v_posed, float* joints, float* A, cudaStream_t stream) {
-  auto launch = fused_pipelined() ? launch_vposed_one_pipe<VEC4, true> : launch_vposed_one_pipe<VEC4, false>;
-  return launch(betas, pose, is_matrix, Jt, Jd, par, vt, sd, pd, V, J, S, v_posed, joints, A, stream);
 }
 
 }  // namespace
