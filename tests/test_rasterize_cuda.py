@@ -231,7 +231,7 @@ def test_cuda_unbatched_ops_and_strided_output_grads():
 # of the guessed buffer: its storage tells which way a call went (exact: n_isects slots; guessed:
 # more, at least n_isects + 256). FFAVATAR_BIN_SYNC=1 (read once per process) forces the exact way.
 
-_BIN_SYNC = os.environ.get("FFAVATAR_BIN_SYNC") == "1"
+_BIN_SYNC = os.environ.get("FFAVATAR_BIN_SYNC", "") not in ("", "0")  # as ffa_env_flag reads it
 
 
 def _bin_inputs(B, C, N, W, H, tile_size=16, max_radius=40, culled=0.2, device="cuda"):

@@ -1,6 +1,15 @@
 // Macros shared by the CPU (C++) and CUDA builds. No torch header here: .cu files include this.
 #pragma once
 
+#include <cstdlib>
+
+// An on/off switch from the environment (FFAVATAR_NO_PDL, FFAVATAR_BIN_SYNC): on when set, non-empty
+// and not "0".
+inline bool ffa_env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] != 0 && !(v[0] == '0' && v[1] == 0);
+}
+
 #if defined(__CUDACC__)
 #define HOST_DEVICE __host__ __device__ __forceinline__
 #else

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 #include <stdlib.h>
 
+#include "common/macros.h"
+
 #include <utility>
 
 namespace ffa {
@@ -27,8 +29,7 @@ __device__ __forceinline__ void pdl_trigger() {
 }
 
 inline bool pdl_enabled() {
-  const char* off = getenv("FFAVATAR_NO_PDL");
-  if (off && off[0] && !(off[0] == '0' && off[1] == 0)) return false;
+  if (ffa_env_flag("FFAVATAR_NO_PDL")) return false;
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;

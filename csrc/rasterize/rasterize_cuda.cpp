@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
 
+#include "common/macros.h"
 #include "rasterize/rasterize_checks.h"
 
 namespace ffa {
@@ -94,10 +94,7 @@ constexpr int kMaxDevices = C10_COMPILE_TIME_MAX_GPUS;
 std::atomic<int64_t> bin_hint[kMaxDevices];
 
 bool bin_sync_forced() {
-  static const bool forced = [] {
-    const char* e = std::getenv("FFAVATAR_BIN_SYNC");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
+  static const bool forced = ffa_env_flag("FFAVATAR_BIN_SYNC");
   return forced;
 }
 
@@ -243,8 +240,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
       sorted_vals = emit_sort_offsets(n_isects, false);
     }
   }
-  const int64_t prev = hint.load(std::memory_order_relaxed);
-  hint.store(std::max(n_isects, prev - prev / 8), std::memory_order_relaxed);
+  hint.store(std::max(n_isects, guess - guess / 8), std::memory_order_relaxed);
   if (n_isects == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
   // flatten_ids: the first n_isects sorted values (a view; its storage may hold the guess's slack)
   return {tile_offsets, sorted_vals.narrow(0, 0, n_isects)};
