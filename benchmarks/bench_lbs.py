@@ -4,7 +4,9 @@ Cases: B in {1, 16}; "vertices" (flame_lbs), "gaussians" (81,424 Gaussians with 
 locality at all, the stress case) and "gaussians-subdiv" (81,424 Gaussians anchored as the model
 layer anchors them: the synthetic head's 2-level midpoint subdivision, 79,738 points in
 ffavatar.subdivide's order, plus its first 1,686 points again), full rotations; forward and
-forward+backward. Our forward is timed as CUDA-graph replays with CUDA
+forward+backward. "gaussians-subdiv-expr" is the animation of a fixed avatar, the expression-only
+fast path (flame_lbs.py, shape_template): the shape is folded into v_template once and each frame
+blends the 100 expression directions only, for ours and the reference alike (S = 100). Our forward is timed as CUDA-graph replays with CUDA
 events; every other row with CUDA events around a loop. Inputs rotate over 4 model copies (> L2) so
 the shapedirs read is not served from L2. extra_info holds all timings (µs) and the speedups; the
 pytest-benchmark stats are our (graph) forward / eager fwd+bwd wall times.
@@ -24,10 +26,11 @@ pytestmark = [pytest.mark.cuda,
 F = importlib.import_module("ffavatar_kernels.flame_lbs")
 
 V, J, S, P, N = 5023, 5, 400, 36, 81424
+S_EXPR = 100  # FLAME's expression directions (the expression-only fast path)
 COPIES = 4
 
 
-def _model(dev):
+def _model(dev, S=S):
     W = torch.rand(V, J, device=dev) ** 4
     Jr = torch.rand(J, V, device=dev)
     return dict(v_template=torch.randn(V, 3, device=dev) * 0.1, shapedirs=torch.randn(V, 3, S, device=dev) * 1e-3,
@@ -99,13 +102,23 @@ def _graph_us(fn, replays=50):
     return a.elapsed_time(b) * 1e3 / (replays * COPIES), g
 
 
-@pytest.mark.parametrize("what", ["vertices", "gaussians", "gaussians-subdiv"])
+def _graph_us_with(var, fn):
+    """_graph_us(fn)'s µs with the environment switch ``var`` set: an A/B in the same process."""
+    os.environ[var] = "1"
+    try:
+        return _graph_us(fn)[0]
+    finally:
+        del os.environ[var]
+
+
+@pytest.mark.parametrize("what", ["vertices", "gaussians", "gaussians-subdiv", "gaussians-subdiv-expr"])
 @pytest.mark.parametrize("B", [1, 16])
 def test_bench_lbs(benchmark, B, what):
     dev = "cuda"
-    models = [_model(dev) for _ in range(COPIES)]
-    idx, aw, off, q = _subdiv_anchors(dev) if what == "gaussians-subdiv" else _anchors(dev)
-    betas = [torch.randn(B, S, device=dev) for _ in range(COPIES)]
+    S_ = S_EXPR if what.endswith("-expr") else S
+    models = [_model(dev, S_) for _ in range(COPIES)]
+    idx, aw, off, q = _subdiv_anchors(dev) if what.startswith("gaussians-subdiv") else _anchors(dev)
+    betas = [torch.randn(B, S_, device=dev) for _ in range(COPIES)]
     pose = [torch.randn(B, J * 3, device=dev) * 0.3 for _ in range(COPIES)]
 
     def make(impl_flame, impl_skin):
@@ -120,18 +133,12 @@ def test_bench_lbs(benchmark, B, what):
              "ours": make(F.flame_lbs, F.skin_gaussians)}
     info = {}
     with torch.no_grad():
-        # A/B of the programmatic dependent launch (Hopper): same kernels, plain launches
-        os.environ["FFAVATAR_NO_PDL"] = "1"
-        try:
-            info["ours_fwd_graph_nopdl_us"], _ = _graph_us(impls["ours"])
-        finally:
-            del os.environ["FFAVATAR_NO_PDL"]
-        if what != "vertices" and B == 1:  # A/B of the fused one-frame kernel (flame_skin_gaussians)
-            os.environ["FFAVATAR_NO_FUSED"] = "1"
-            try:
-                info["ours_fwd_graph_nofused_us"], _ = _graph_us(impls["ours"])
-            finally:
-                del os.environ["FFAVATAR_NO_FUSED"]
+        # A/Bs, same kernels otherwise: plain launches instead of programmatic dependent ones; the
+        # three-kernel path instead of the fused one-frame one; its v_posed kernel without bulk copies
+        info["ours_fwd_graph_nopdl_us"] = _graph_us_with("FFAVATAR_NO_PDL", impls["ours"])
+        if what != "vertices" and B == 1:
+            info["ours_fwd_graph_nofused_us"] = _graph_us_with("FFAVATAR_NO_FUSED", impls["ours"])
+            info["ours_fwd_graph_nobulk_us"] = _graph_us_with("FFAVATAR_NO_BULK", impls["ours"])
         info["ours_fwd_graph_us"], graph = _graph_us(impls["ours"])
         for name, fn in impls.items():
             info[f"{name}_fwd_us"] = _events_us(fn)
