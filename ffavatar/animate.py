@@ -257,13 +257,14 @@ def _tiled_reference_rasterize(means, quats, scales, opacities, colors, viewmats
 def render_frames(model: FlameModel, gaussians: CanonicalGaussians, betas: torch.Tensor, pose: torch.Tensor,
                   viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, *,
                   backend: Backend | None = None, background=(0.08, 0.09, 0.11),
-                  lit: bool = True) -> torch.Tensor:
+                  lit: bool = True, lbs_args: tuple | None = None) -> torch.Tensor:
     """Render B animation frames in one batched skinning call and one batched rasterize call.
 
     Args:
         model: the FLAME-structured head (on the rendering device).
         gaussians: its canonical Gaussians (same device and dtype).
-        betas: [B,S] shape + expression coefficients.
+        betas: [B,S] shape + expression coefficients ([B,n_expr] expression coefficients with
+            ``lbs_args=model.expression_lbs_args(...)``).
         pose: [B,J*3] axis-angle or [B,J,3,3] rotations.
         viewmats: [B,4,4] world-to-camera, one camera per frame.
         Ks: [B,3,3] or [3,3] intrinsics.
@@ -271,6 +272,11 @@ def render_frames(model: FlameModel, gaussians: CanonicalGaussians, betas: torch
         backend: from :func:`select_backend` (default: chosen for the device).
         background: RGB background color.
         lit: shade with the camera-attached lights (else the raw albedo).
+        lbs_args: the model tensors skinning uses (default ``model.lbs_args()``). For the
+            expression-only fast path of a fixed avatar shape pass
+            ``model.expression_lbs_args(betas_shape)`` (computed once per shape) with betas = the
+            expression coefficients: the kernels then read n_expr directions instead of S. It is
+            explicit because detecting a shared shape in CUDA betas would cost a host sync per call.
 
     Returns:
         [B,H,W,3] images in [0,1].
@@ -284,13 +290,18 @@ def render_frames(model: FlameModel, gaussians: CanonicalGaussians, betas: torch
         Ks = Ks.expand(B, 3, 3)
     if Ks.shape != (B, 3, 3):
         raise ValueError(f"render_frames: Ks expected shape [3,3] or [{B},3,3], got {list(Ks.shape)}")
+    lbs_args = model.lbs_args() if lbs_args is None else tuple(lbs_args)
+    S = lbs_args[1].shape[-1]  # shapedirs [V,3,S]
+    if betas.shape[1] != S:
+        raise ValueError(f"render_frames: betas expected shape [B,{S}] (the directions of lbs_args' shapedirs), "
+                         f"got {list(betas.shape)}")
     dev, dt = model.device, model.dtype
     if B == 0:
         return torch.empty(0, height, width, 3, dtype=dt, device=dev)
     backend = backend or select_backend(dev)
     g = gaussians
-    means, quats = backend.skin_gaussians(betas, pose, *model.lbs_args(), g.anchor_idx, g.anchor_weights,
-                                          None, g.quats)
+    means, quats = backend.skin_gaussians(betas, pose, *lbs_args, g.anchor_idx, g.anchor_weights, None,
+                                          g.quats)
     N = g.num_gaussians
     colors = shade(g.colors, quats, viewmats) if lit else g.colors.expand(B, N, 3)
     scales = g.scales.expand(B, N, 3).contiguous()
@@ -346,8 +357,14 @@ class Animator:
 
     def _batches(self, num_frames: int, batch: int, betas: torch.Tensor, pose: torch.Tensor):
         views = orbit(num_frames, device=self.device)
+        # one avatar, one shape (motion_script keeps the shape coefficients fixed): the expression-only
+        # fast path, its shaped template computed once per sequence
+        n = self.model.n_shape
+        with torch.no_grad():
+            args = self.model.expression_lbs_args(betas[0, :n])
+        expr = betas[:, n:].contiguous()                           # [T,n_expr]
         for s in range(0, num_frames, batch):
             e = min(num_frames, s + batch)
             with torch.no_grad():
-                yield render_frames(self.model, self.gaussians, betas[s:e], pose[s:e], views[s:e], self.K,
-                                    self.size, self.size, backend=self.backend)
+                yield render_frames(self.model, self.gaussians, expr[s:e], pose[s:e], views[s:e], self.K,
+                                    self.size, self.size, backend=self.backend, lbs_args=args)

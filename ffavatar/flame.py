@@ -86,6 +86,10 @@ class FlameModel:
 
     def __post_init__(self) -> None:
         self._validate()
+        # expression_lbs_args caches (not dataclass fields): (shapedirs, its version, expression slice)
+        # and (v_template, shapedirs, their versions, betas_shape clone, shaped template)
+        self._expr_cache: tuple | None = None
+        self._shaped_cache: tuple | None = None
 
     # --- validation --------------------------------------------------------------------------
     def _validate(self) -> None:
@@ -197,6 +201,57 @@ class FlameModel:
         """(v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights), in kernel order."""
         return (self.v_template, self.shapedirs, self.posedirs, self.J_regressor, self.parents,
                 self.lbs_weights)
+
+    def expression_lbs_args(self, betas_shape: torch.Tensor) -> tuple:
+        """:meth:`lbs_args` for a fixed shape: the kernels' expression-only fast path.
+
+        Returns ``(v_shaped, shapedirs_expr, posedirs, J_regressor, parents, lbs_weights)`` with
+        ``v_shaped`` [V,3] = ``shape_template(v_template, shapedirs, betas_shape)`` and
+        ``shapedirs_expr`` [V,3,n_expr] = ``shapedirs[..., n_shape:]`` (contiguous); call the kernels
+        with betas = the expression coefficients [B,n_expr]. Same result as :meth:`lbs_args` with
+        betas = [betas_shape, expression] (up to round-off), but the kernels read n_expr directions.
+
+        Without grad both are cached on the model: the expression slice once (the kernels cache joint
+        products per tensor object, so every call returns the same object) and ``v_shaped`` for the
+        last ``betas_shape`` (compared by value; a model tensor changed in place or replaced also
+        recomputes). When grad is enabled and ``betas_shape``, ``v_template`` or ``shapedirs``
+        requires it (fitting), both are computed fresh so autograd reaches them; nothing is stored.
+
+        Args:
+            betas_shape: [n_shape] or [1,n_shape] shape coefficients (model dtype and device).
+        """
+        from ffavatar_kernels.flame_lbs import shape_template
+        if not isinstance(betas_shape, torch.Tensor):
+            raise TypeError("expression_lbs_args: betas_shape expected a torch.Tensor, "
+                            f"got {type(betas_shape).__name__}")
+        if tuple(betas_shape.shape) not in ((self.n_shape,), (1, self.n_shape)):
+            raise ValueError(f"expression_lbs_args: betas_shape expected shape [{self.n_shape}] or "
+                             f"[1,{self.n_shape}] (n_shape), got {list(betas_shape.shape)}")
+        vt, sd = self.v_template, self.shapedirs
+        rest = (self.posedirs, self.J_regressor, self.parents, self.lbs_weights)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (betas_shape, vt, sd)):
+            return (shape_template(vt, sd, betas_shape), sd[..., self.n_shape:].contiguous(), *rest)
+        # computed as normal tensors even under torch.inference_mode(): later calls may need autograd
+        with torch.no_grad(), torch.inference_mode(False):
+            if not _same_tensors(self._expr_cache, (sd,)):
+                self._expr_cache = (sd, sd._version, sd[..., self.n_shape:].contiguous())   # [V,3,n_expr]
+            c = self._shaped_cache
+            bs = betas_shape.reshape(-1)                                                  # [n_shape]
+            if not (_same_tensors(c, (vt, sd)) and _same_values(c[-2], bs)):
+                v_shaped = shape_template(vt, sd, bs)                                    # [V,3]
+                self._shaped_cache = (vt, sd, vt._version, sd._version, bs.clone(), v_shaped)
+        return (self._shaped_cache[-1], self._expr_cache[-1], *rest)
+
+
+def _same_tensors(cache: tuple | None, tensors: tuple) -> bool:
+    """Whether ``cache`` (k tensors, their k versions, then values) was made from ``tensors`` as they are now."""
+    k = len(tensors)
+    return cache is not None and all(a is t for a, t in zip(cache[:k], tensors)) and \
+        cache[k:2 * k] == tuple(t._version for t in tensors)
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------

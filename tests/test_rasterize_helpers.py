@@ -23,25 +23,31 @@ def make_scene(*args, well_conditioned=False, tweak=None, **kw):
     raise AssertionError("make_scene: 32 random draws in a row were near a blending threshold")
 
 
-def _near_threshold(scene, margin=1e-5) -> bool:
-    """Whether moving the reference's thresholds by +-margin (relative) changes any alpha."""
+def threshold_sensitive(scene, rasterize_mode="classic", margin=1e-5) -> torch.Tensor:
+    """[(B,)C,H,W] bool: pixels whose float64 reference alpha changes when its blending thresholds
+    (alpha 1/255, the 1e-4 transmittance stop) move by +-margin (relative). The image is
+    discontinuous in the inputs there, and two float32 renderers may decide differently (seen with
+    gsplat: scripts/gsplat_parity_sweep.py found every disagreement beyond 1e-4 at such a pixel)."""
     import ffavatar_kernels.reference.rasterize as R
 
-    if scene["means"].shape[-2] == 0:
-        return False
-    s64 = cast(scene, torch.float64, "cpu")
+    s64 = cast(scene, torch.float64)
     a0, t0 = R._ALPHA_T, R._T_EPS
+    alphas = []
     try:
-        for mode in ("classic", "antialiased"):
-            alphas = []
-            for f in (1 - margin, 1 + margin):
-                R._ALPHA_T, R._T_EPS = a0 * f, t0 * f
-                alphas.append(R.rasterize(**s64, rasterize_mode=mode)[1])
-            if not torch.equal(alphas[0], alphas[1]):
-                return True
+        for f in (1 - margin, 1 + margin):
+            R._ALPHA_T, R._T_EPS = a0 * f, t0 * f
+            alphas.append(R.rasterize(**s64, rasterize_mode=rasterize_mode)[1][..., 0])
     finally:
         R._ALPHA_T, R._T_EPS = a0, t0
-    return False
+    return alphas[0] != alphas[1]
+
+
+def _near_threshold(scene, margin=1e-5) -> bool:
+    """Whether moving the reference's thresholds by +-margin (relative) changes any alpha."""
+    if scene["means"].shape[-2] == 0:
+        return False
+    scene = cast(scene, device="cpu")
+    return any(bool(threshold_sensitive(scene, mode, margin).any()) for mode in ("classic", "antialiased"))
 
 
 def _draw_scene(N=40, C=2, W=37, H=29, D=3, B=None, dtype=torch.float64, device="cpu", per_camera=False,
