@@ -134,11 +134,10 @@ def test_bench_lbs(benchmark, B, what):
     info = {}
     with torch.no_grad():
         # A/Bs, same kernels otherwise: plain launches instead of programmatic dependent ones; the
-        # three-kernel path instead of the fused one-frame one; its v_posed kernel without bulk copies
+        # three-kernel path instead of the fused one-frame one
         info["ours_fwd_graph_nopdl_us"] = _graph_us_with("FFAVATAR_NO_PDL", impls["ours"])
         if what != "vertices" and B == 1:
             info["ours_fwd_graph_nofused_us"] = _graph_us_with("FFAVATAR_NO_FUSED", impls["ours"])
-            info["ours_fwd_graph_nobulk_us"] = _graph_us_with("FFAVATAR_NO_BULK", impls["ours"])
         info["ours_fwd_graph_us"], graph = _graph_us(impls["ours"])
         for name, fn in impls.items():
             info[f"{name}_fwd_us"] = _events_us(fn)
