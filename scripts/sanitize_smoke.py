@@ -47,11 +47,13 @@ def main(which):
     K = torch.tensor([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]], device=dev)[None].repeat(2, 1, 1)
     img, alpha, _ = fk.rasterize(means, quats, scales, opac, cols, view, K, 100, 80, render_mode="RGB+ED")
     (img.square().sum() + alpha.sum()).backward()
-    # the bin's speculative capacity (after the first call on a device): the same scene (the guess
-    # fits), a 10x larger one (the guess is short: redo), the first again (fits, with slack)
+    # the bin's speculative capacity (after the first call on a device): the same scene four times
+    # (the guess fits; from the third call the sort replays a captured graph), a 10x larger one (the
+    # guess is short: redo), the first again (fits, with slack)
     with torch.no_grad():
         big = [t.detach().repeat(10, *([1] * (t.dim() - 1))) for t in (means, quats, scales, opac, cols)]
-        for scene in ((means, quats, scales, opac, cols), big, (means, quats, scales, opac, cols)):
+        small = (means, quats, scales, opac, cols)
+        for scene in (small,) * 4 + (big, small):
             fk.rasterize(*(t.detach() for t in scene), view, K, 100, 80)
 
     if "attention" not in which:

@@ -336,6 +336,24 @@ def test_cuda_bin_speculative_matches_exact_on_projected_scene():
         assert [_bin_slots(r[1]) == n for r in runs] == [True, False, False]
 
 
+def test_cuda_bin_steady_loop_replays_the_same_bins():
+    # a steady loop (same scene, same sizes): the allocator repeats the bin's buffers, so from the
+    # third call the sort is replayed from a captured CUDA graph (sort_graph.h); every call must give
+    # the first call's bins and image, also after the buffers move (a call with other sizes between)
+    W, H = 96, 80
+    s = make_scene(N=2000, C=2, W=W, H=H, D=3, spread=0.7, dtype=torch.float32, device="cuda")
+    other = make_scene(N=500, C=1, W=40, H=30, D=3, dtype=torch.float32, device="cuda")
+    runs = []
+    for i in range(8):
+        if i == 4:
+            rasterize(**other)
+        img, alpha, meta = rasterize(**s)
+        runs.append((meta["isect_offsets"], meta["flatten_ids"], img, alpha))
+    for offs, fids, img, alpha in runs[1:]:
+        assert torch.equal(offs, runs[0][0]) and torch.equal(fids, runs[0][1])
+        assert torch.equal(img, runs[0][2]) and torch.equal(alpha, runs[0][3])
+
+
 def _fwd_bwd_peak_bytes(MN, NS, P, D, fid_bytes, n_tiles, colors_numel):
     """Analytic peak (bytes above the inputs and their .grad) of rasterize + (img.sum() + alpha.sum())
     .backward() with the meta dict alive, RGB: MN image-Gaussian pairs, NS scene Gaussians, P pixels,

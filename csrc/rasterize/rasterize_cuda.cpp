@@ -13,6 +13,7 @@
 
 #include "common/macros.h"
 #include "rasterize/rasterize_checks.h"
+#include "rasterize/sort_graph.h"
 
 namespace ffa {
 namespace rasterize {
@@ -203,8 +204,13 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
                                     tiles.data_ptr<int32_t>(), d, keys, vals.data_ptr<int32_t>(), cap, stream),
                    "rasterize emit_keys kernel");
     bool in_alt = false;
-    FFA_CHECK_CUDA(launch_sort_pairs(kp + 2 * key_bytes, &sort_bytes, keys, keys_alt, vals.data_ptr<int32_t>(),
-                                     vals_alt.data_ptr<int32_t>(), cap, end_bit, &in_alt, stream),
+    // a speculative capacity repeats call after call in a steady loop: the sort replays as a graph
+    FFA_CHECK_CUDA(speculative ? sort_pairs_cached(kp + 2 * key_bytes, sort_bytes, keys, keys_alt,
+                                                   vals.data_ptr<int32_t>(), vals_alt.data_ptr<int32_t>(), cap,
+                                                   end_bit, &in_alt, means2d.get_device(), stream)
+                               : launch_sort_pairs(kp + 2 * key_bytes, &sort_bytes, keys, keys_alt,
+                                                   vals.data_ptr<int32_t>(), vals_alt.data_ptr<int32_t>(), cap,
+                                                   end_bit, &in_alt, stream),
                    "rasterize sort");
     FFA_CHECK_CUDA(launch_tile_offsets(in_alt ? keys_alt : keys, cap, speculative ? count_dev : nullptr, d,
                                        tile_offsets.data_ptr<int32_t>(), stream),
