@@ -2,9 +2,7 @@
 at 512x512: 1 camera, 8 cameras, and 16 scenes x 1 camera (16 animation frames); forward and
 forward+backward; peak memory per variant.
 
-Times are medians of CUDA-event-timed calls after warm-up, ours and both gsplat variants interleaved
-call by call (the host's speed drifts between and within processes; at 1 camera both libraries are
-host-bound, so a drift would otherwise land on whichever ran in it). Each call includes one host wait for
+Times are medians of CUDA-event-timed calls after warm-up (each call includes one host wait for
 the intersection count, for both libraries: gsplat syncs before it sizes its buffers, ours after it
 has queued the sort into buffers sized from the previous calls). extra_info holds ours/gsplat in ms, the
 speedups and the peak memory (MB above the inputs) of each; the pytest-benchmark stats are our
@@ -56,23 +54,19 @@ def _gsplat(s, backward, packed):
     return run
 
 
-def _time_ms(fns, iters=40, warmup=5):
-    """Median ms per call of each of fns, timed interleaved (one call of each per round, events
-    around each call, synced), so a slow or fast phase of the host hits every implementation alike."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
+def _time_ms(fn, iters=30, warmup=5):
+    for _ in range(warmup):
+        fn()
     torch.cuda.synchronize()
-    ts = [[] for _ in fns]
+    ts = []
     for _ in range(iters):
-        for fn, t in zip(fns, ts):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            t.append(a.elapsed_time(b))
-    return [statistics.median(t) for t in ts]
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
 
 
 def _peak_mb(fn):
@@ -96,16 +90,15 @@ def _prep(s, backward):
 def test_rasterize_head(benchmark, case, backward):
     s = _prep(_scene(case), backward)
     ours = _ours(s, backward)
-    info = {"ours_peak_mb": _peak_mb(ours)}
+    info = {"ours_ms": _time_ms(ours), "ours_peak_mb": _peak_mb(ours)}
     try:
         import gsplat
         # gsplat's default (packed=True) and packed=False; the comparator is the faster of the two
-        theirs = {tag: _gsplat(s, backward, packed) for tag, packed in (("gsplat_packed", True), ("gsplat", False))}
-        times = _time_ms([ours, *theirs.values()])
-        info["ours_ms"] = times[0]
-        for (tag, fn), t in zip(theirs.items(), times[1:]):
-            info[tag + "_ms"] = t
-            info[tag + "_peak_mb"] = _peak_mb(fn)
+        for packed in (True, False):
+            theirs = _gsplat(s, backward, packed)
+            tag = "gsplat_packed" if packed else "gsplat"
+            info[tag + "_ms"] = _time_ms(theirs)
+            info[tag + "_peak_mb"] = _peak_mb(theirs)
         best = min(("gsplat", "gsplat_packed"), key=lambda t: info[t + "_ms"])
         info["speedup"] = info[best + "_ms"] / info["ours_ms"]
         info["mem_ratio"] = info["ours_peak_mb"] / max(info[best + "_peak_mb"], 1e-9)
@@ -115,7 +108,6 @@ def test_rasterize_head(benchmark, case, backward):
         info["gsplat_n_isects"] = int(gm["flatten_ids"].numel())
     except ImportError:
         info["gsplat"] = "not installed"
-        info["ours_ms"] = _time_ms([ours])[0]
     from ffavatar_kernels import rasterize
     with torch.no_grad():
         _, _, meta = rasterize(**{k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in s.items()})
