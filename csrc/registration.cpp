@@ -67,12 +67,6 @@ TORCH_LIBRARY(ffavatar, m) {
   m.def("rasterize_render(Tensor means2d, Tensor conics, Tensor opacities2d, Tensor colors, "
         "Tensor? backgrounds, Tensor tile_offsets, Tensor flatten_ids, int width, int height, int tile_size) "
         "-> (Tensor render_colors, Tensor render_alphas, Tensor last_ids, Tensor final_Ts)");
-  // bin then render in one call (what rasterize() runs): on CUDA the render is queued before the
-  // bin's host wait, so no host time sits between them (same results as the two ops)
-  m.def("rasterize_bin_render(Tensor means2d, Tensor radii, Tensor depths, Tensor conics, Tensor opacities2d, "
-        "Tensor tiles_per_gauss, Tensor colors, Tensor? backgrounds, int width, int height, int tile_size) -> "
-        "(Tensor tile_offsets, Tensor flatten_ids, Tensor render_colors, Tensor render_alphas, Tensor last_ids, "
-        "Tensor final_Ts)");
   m.def("rasterize_render_bwd(Tensor means2d, Tensor conics, Tensor opacities2d, Tensor colors, "
         "Tensor? backgrounds, Tensor tile_offsets, Tensor flatten_ids, Tensor final_Ts, Tensor last_ids, "
         "Tensor v_render_colors, Tensor v_render_alphas, int width, int height, int tile_size) -> "

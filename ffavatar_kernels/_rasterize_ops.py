@@ -7,8 +7,6 @@ project: means [B,N,3], quats [B,N,4], scales [B,N,3], opacities [B,N], viewmats
   -> radii [B,C,N,2] i32, means2d [B,C,N,2], depths [B,C,N], conics [B,C,N,3], opacities2d [B,C,N],
      tiles_per_gauss [B,C,N] i32
 bin -> tile_offsets [B,C,TH,TW] i32, flatten_ids [n_isects] i32
-bin_render: bin's inputs, then render's colors and backgrounds -> bin's outputs, then render's (one call:
-  on CUDA the render is queued before the bin's host wait; what rasterize() runs)
 render: colors [B,Cc,N,D] or [B,N,D] (shared by the cameras), backgrounds [B,C,D]? -> colors [B,C,H,W,D],
   alphas [B,C,H,W,1], last_ids [B,C,H,W] i32, final_Ts [B,C,H,W,1] (transmittance kept exactly for the
   backward; alphas = 1 - final_Ts)
@@ -58,21 +56,11 @@ def register() -> None:
         return (means2d.new_empty(tuple(means2d.shape[:-2]) + (th, tw), dtype=torch.int32),
                 means2d.new_empty((n,), dtype=torch.int32))
 
-    def render_fake(means2d, colors, width, height):
+    @torch.library.register_fake(lib + "rasterize_render")
+    def _(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height, tile_size):
         img = tuple(means2d.shape[:-2]) + (height, width)  # [B?,C,H,W]
         f = means2d.new_empty
         return f(img + (colors.shape[-1],)), f(img + (1,)), f(img, dtype=torch.int32), f(img + (1,))
-
-    @torch.library.register_fake(lib + "rasterize_render")
-    def _(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height, tile_size):
-        return render_fake(means2d, colors, width, height)
-
-    @torch.library.register_fake(lib + "rasterize_bin_render")
-    def _(means2d, radii, depths, conics, opac2d, tiles_per_gauss, colors, backgrounds, width, height, tile_size):
-        th, tw = (height + tile_size - 1) // tile_size, (width + tile_size - 1) // tile_size
-        n = torch.library.get_ctx().new_dynamic_size()
-        return (means2d.new_empty(tuple(means2d.shape[:-2]) + (th, tw), dtype=torch.int32),
-                means2d.new_empty((n,), dtype=torch.int32), *render_fake(means2d, colors, width, height))
 
     @torch.library.register_fake(lib + "rasterize_render_bwd")
     def _(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_Ts, last_ids,
@@ -83,8 +71,6 @@ def register() -> None:
     # ---- autograd (for direct callers of the ops; rasterize() uses _ProjectFn / _RenderFn) --------
     torch.library.register_autograd(lib + "rasterize_project", _project_backward, setup_context=_project_setup)
     torch.library.register_autograd(lib + "rasterize_render", _render_backward, setup_context=_render_setup)
-    torch.library.register_autograd(lib + "rasterize_bin_render", _bin_render_backward,
-                                    setup_context=_bin_render_setup)
 
 
 # ---- autograd formulas (shared by the registered autograd and the Functions below) ---------------
@@ -124,39 +110,15 @@ def _project_backward(ctx, g_means2d, g_depths, g_conics, g_opac2d, g_radii=None
 
 def _render_setup(ctx, inputs, output):
     means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height, tile_size = inputs
-    _save_render(ctx, means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height,
-                 tile_size, output)
-
-
-def _save_render(ctx, means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height,
-                 tile_size, render_out):
-    ctx.save_for_backward(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, render_out[3],
-                          render_out[2])
+    ctx.save_for_backward(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, output[3],
+                          output[2])
     ctx.cfg = (width, height, tile_size)
     ctx.has_bg = backgrounds is not None
-    ctx.mark_non_differentiable(render_out[2], render_out[3])
+    ctx.mark_non_differentiable(output[2], output[3])
     ctx.set_materialize_grads(False)
 
 
-def _bin_render_setup(ctx, inputs, output):
-    means2d, _radii, _depths, conics, opac2d, _tiles, colors, backgrounds, width, height, tile_size = inputs
-    ctx.mark_non_differentiable(output[0], output[1])
-    _save_render(ctx, means2d, conics, opac2d, colors, backgrounds, output[0], output[1], width, height, tile_size,
-                 output[2:])
-    ctx.bg_input = 7  # backgrounds' position in needs_input_grad
-
-
-def _bin_render_backward(ctx, g_offsets, g_ids, g_colors, g_alphas, g_last=None, g_final_t=None):
-    v_m2, v_cn, v_op, v_col, v_bg = _render_grads(ctx, g_colors, g_alphas)
-    return v_m2, None, None, v_cn, v_op, None, v_col, v_bg, None, None, None
-
-
 def _render_backward(ctx, g_colors, g_alphas, g_last=None, g_final_t=None):
-    return (*_render_grads(ctx, g_colors, g_alphas), None, None, None, None, None)
-
-
-def _render_grads(ctx, g_colors, g_alphas):
-    """Gradients of means2d, conics, opacities2d, colors, backgrounds (saved by _save_render)."""
     means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids = ctx.saved_tensors
     width, height, tile_size = ctx.cfg
     has_g_colors = g_colors is not None
@@ -168,9 +130,9 @@ def _render_grads(ctx, g_colors, g_alphas):
         means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids, g_colors,
         g_alphas, width, height, tile_size)
     v_bg = None
-    if ctx.has_bg and ctx.needs_input_grad[getattr(ctx, "bg_input", 4)]:
+    if ctx.has_bg and ctx.needs_input_grad[4]:
         v_bg = (final_t * g_colors).sum(dim=(-3, -2)) if has_g_colors else backgrounds.new_zeros(backgrounds.shape)
-    return v_m2, v_cn, v_op, v_col, v_bg
+    return v_m2, v_cn, v_op, v_col, v_bg, None, None, None, None, None
 
 
 # ---- low-overhead entry points for rasterize() (see _autograd.py) -------------------------------
@@ -190,18 +152,6 @@ def render(means2d, conics, opac2d, colors, backgrounds, *rest):
     """torch.ops.ffavatar.rasterize_render with autograd, minimal host overhead."""
     args = (means2d, conics, opac2d, colors, backgrounds, *rest)
     return _autograd.call(torch.ops.ffavatar.rasterize_render, _RenderFn, args[:5], args)
-
-
-_BinRenderFn = _autograd.function("_BinRenderFn", lambda *a: torch.ops.ffavatar.rasterize_bin_render(*a),
-                                   _bin_render_setup, _bin_render_backward)
-
-
-def bin_render(means2d, radii, depths, conics, opac2d, tiles, colors, backgrounds, *cfg):
-    """torch.ops.ffavatar.rasterize_bin_render with autograd (to means2d, conics, opacities2d, colors,
-    backgrounds), minimal host overhead."""
-    args = (means2d, radii, depths, conics, opac2d, tiles, colors, backgrounds, *cfg)
-    return _autograd.call(torch.ops.ffavatar.rasterize_bin_render, _BinRenderFn,
-                          (means2d, conics, opac2d, colors, backgrounds), args)
 
 
 def bin_(*args):

@@ -2,14 +2,13 @@
 
 The op is a pipeline of compiled ops (``torch.ops.ffavatar.rasterize_*``): project (EWA, fused with
 the tight tile count) -> bin (scan, keys, radix sort, tile offsets) -> render (front-to-back
-blending); bin and render run as one op call (``rasterize_bin_render``). Autograd flows through project and render; ``meta["means2d"]`` is a node of the graph,
+blending). Autograd flows through project and render; ``meta["means2d"]`` is a node of the graph,
 so ``meta["means2d"].retain_grad()`` before ``backward()`` gives its gradient (as in gsplat).
 """
 from __future__ import annotations
 
 import math
 import operator
-import os
 
 import torch
 
@@ -20,11 +19,6 @@ _rasterize_ops.register()  # fake kernels + autograd (no-op without the compiled
 
 _RENDER_MODES = ("RGB", "ED", "RGB+ED")
 _RASTER_MODES = ("classic", "antialiased")
-
-
-# FFAVATAR_SPLIT_BIN_RENDER=1 (read at import): the bin and the render as two op calls, as before
-# rasterize_bin_render (same results; for A/B measurements)
-_SPLIT_BIN_RENDER = os.environ.get("FFAVATAR_SPLIT_BIN_RENDER", "0") not in ("", "0")
 
 
 def _depth_background(bg, D, Dp, render_mode):
@@ -179,15 +173,10 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         if render_mode == "RGB+ED":
             c = colors if colors.dim() == cols.dim() else colors.unsqueeze(-3)  # [B?,N,D] -> [B?,1,N,D]
             cols = torch.cat([c.expand(depths.shape + colors.shape[-1:]), cols], -1)
-    if not _SPLIT_BIN_RENDER:
-        # bin + render in one op call: on CUDA the render is queued before the bin's host wait for its count
-        offsets, flatten_ids, img, alpha, last_ids, _final_t = _rasterize_ops.bin_render(
-            means2d, radii, depths, conics, opac2d, tiles, cols, bg, width, height, tile_size)
-    else:
-        offsets, flatten_ids = _rasterize_ops.bin_(means2d, radii, depths, conics, opac2d, tiles, width, height,
-                                                   tile_size)
-        img, alpha, last_ids, _final_t = _rasterize_ops.render(means2d, conics, opac2d, cols, bg, offsets,
-                                                               flatten_ids, width, height, tile_size)
+    offsets, flatten_ids = _rasterize_ops.bin_(means2d, radii, depths, conics, opac2d, tiles, width, height,
+                                               tile_size)
+    img, alpha, last_ids, _final_t = _rasterize_ops.render(means2d, conics, opac2d, cols, bg, offsets, flatten_ids,
+                                                           width, height, tile_size)
     # Meta-only work after the render launch, where its host time hides behind the render kernel.
     visibility = radii.any(-1)  # radii >= 0
     if render_mode != "RGB":

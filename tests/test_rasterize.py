@@ -132,10 +132,6 @@ def test_opcheck():
             opac.detach().requires_grad_(True), cols, bg, offs, fids, W, H, 16)
     torch.library.opcheck(ops.rasterize_render, args)
     img, alpha, last, final_t = ops.rasterize_render(*args)
-    fused = (args[0], radii, depths, args[1], args[2], tiles, cols, bg, W, H, 16)
-    torch.library.opcheck(ops.rasterize_bin_render, fused, test_utils=("test_schema", "test_faketensor"))
-    for got, want in zip(ops.rasterize_bin_render(*fused), (offs, fids, img, alpha, last, final_t)):
-        assert torch.equal(got, want)  # the fused op: bin then render
     bw = (args[0], args[1], args[2], cols, bg, offs, fids, final_t, last, torch.rand_like(img), torch.rand_like(alpha),
           W, H, 16)
     torch.library.opcheck(ops.rasterize_render_bwd, bw, test_utils=("test_schema", "test_faketensor"))

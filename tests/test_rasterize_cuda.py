@@ -186,8 +186,6 @@ def test_cuda_opcheck():
     cols = torch.rand(1, 2, 30, 3, device="cuda")
     bg = torch.rand(1, 2, 3, device="cuda")
     torch.library.opcheck(ops.rasterize_render, (means2d, conics, opac, cols, bg, offs, fids, 40, 30, 16))
-    torch.library.opcheck(ops.rasterize_bin_render, (means2d, radii, depths, conics, opac, tiles, cols, bg, 40, 30, 16),
-                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_cuda_unbatched_ops_and_strided_output_grads():
@@ -336,27 +334,6 @@ def test_cuda_bin_speculative_matches_exact_on_projected_scene():
         assert torch.equal(offs, runs[0][0]) and torch.equal(fids, runs[0][1]) and torch.equal(img, runs[0][2])
     if not _BIN_SYNC:
         assert [_bin_slots(r[1]) == n for r in runs] == [True, False, False]
-
-
-def test_cuda_bin_render_matches_bin_then_render():
-    # the fused op queues the render before the bin's host wait, on the guessed buffer (the last tile
-    # ends at the count read on the device), and renders again after a short guess: the same outputs
-    # as rasterize_bin then rasterize_render, for a scene after a smaller one (short guess: redo), the
-    # same again (fits), then a smaller one (slack)
-    ops = torch.ops.ffavatar
-    W, H = 96, 80
-    keys = ("means", "quats", "scales", "opacities", "viewmats", "Ks")
-    small = make_scene(N=200, C=2, W=W, H=H, D=3, spread=0.7, dtype=torch.float32, device="cuda")
-    big = make_scene(N=4000, C=2, W=W, H=H, D=3, spread=0.7, dtype=torch.float32, device="cuda")
-    for s in (small, big, big, small):
-        m2, dp, cn, op, rr, tl = ops.rasterize_project(*(s[k] for k in keys), W, H, 0.01, 1e10, 0.3, False, 16)
-        bg = torch.rand(2, 3, device="cuda")
-        fused = ops.rasterize_bin_render(m2, rr, dp, cn, op, tl, s["colors"], bg, W, H, 16)
-        offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, W, H, 16)
-        apart = (offs, fids, *ops.rasterize_render(m2, cn, op, s["colors"], bg, offs, fids, W, H, 16))
-        assert fused[1].numel() == tl.sum().item()
-        for a, b in zip(fused, apart):
-            assert torch.equal(a, b)
 
 
 def test_cuda_bin_steady_loop_replays_the_same_bins():

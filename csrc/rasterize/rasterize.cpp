@@ -160,9 +160,6 @@ void bin_cpu_impl(const at::Tensor& means2d, const at::Tensor& radii, const at::
   for (int64_t t = 0; t < MT; ++t) to[t] = (int32_t)toff[t];
 }
 
-}  // namespace
-
-// (declared in rasterize_checks.h: rasterize_bin_render runs it too)
 std::tuple<at::Tensor, at::Tensor> bin_cpu(const at::Tensor& means2d, const at::Tensor& radii,
                                            const at::Tensor& depths, const at::Tensor& conics,
                                            const at::Tensor& opac2d, const at::Tensor& tiles, int64_t width,
@@ -177,6 +174,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cpu(const at::Tensor& means2d, const at::
   return {tile_offsets, flatten_ids};
 }
 
+}  // namespace
 }  // namespace rasterize
 }  // namespace ffa
 

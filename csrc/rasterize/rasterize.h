@@ -98,12 +98,10 @@ cudaError_t launch_tile_offsets(const int64_t* sorted_keys, int64_t n_isects, co
                                 const Dims& d, int32_t* tile_offsets, cudaStream_t stream);
 
 // Rendering (one block per tile).
-// flatten_ids [n_isects]; n_isects_dev: nullptr, or the count on the device when flatten_ids is a
-// guessed buffer of n_isects slots (the last tile then ends at min(count, n_isects)).
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                              int64_t n_isects, const int32_t* n_isects_dev, const Dims& d, float* out_colors,
-                              float* out_alphas, int32_t* last_ids, float* final_Ts, cudaStream_t stream);
+                              int64_t n_isects, const Dims& d, float* out_colors, float* out_alphas,
+                              int32_t* last_ids, float* final_Ts, cudaStream_t stream);
 // Output gradients are read with strides (pixel p = (m*H + i)*W + j, channel c): v_colors_out[p * vc_pix
 // + c * vc_ch], v_alphas_out[p * va_pix]; contiguous is (D, 1, 1), the expanded gradient of a sum (0, 0, 0).
 struct GradStrides {

@@ -230,16 +230,5 @@ inline void check_render_grads(const Sized& s, const at::Tensor& final_Ts, const
   check_sizes(v_render_alphas, "v_render_alphas", s.shape({d.C, d.H, d.W, 1}));
 }
 
-// CPU op kernels that rasterize_bin_render's CPU kernel runs in sequence (rasterize.cpp,
-// rasterize_render.cpp).
-std::tuple<at::Tensor, at::Tensor> bin_cpu(const at::Tensor& means2d, const at::Tensor& radii,
-                                           const at::Tensor& depths, const at::Tensor& conics,
-                                           const at::Tensor& opac2d, const at::Tensor& tiles, int64_t width,
-                                           int64_t height, int64_t tile_size);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cpu(
-    const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d, const at::Tensor& colors,
-    const c10::optional<at::Tensor>& backgrounds, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
-    int64_t width, int64_t height, int64_t tile_size);
-
 }  // namespace rasterize
 }  // namespace ffa

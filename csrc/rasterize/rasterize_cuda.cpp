@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <functional>
 
 #include "common/macros.h"
 #include "rasterize/rasterize_checks.h"
@@ -150,16 +149,10 @@ class PendingCount {
   bool waited_ = false;
 };
 
-// Called by bin_then with (tile_offsets, flatten ids, count on the device) once they are queued and
-// before the host waits for the count: flatten ids is then the guessed buffer, longer than the count
-// (the tile offsets never reach past it; the last tile ends at the count). After a short guess it is
-// called again with the exact bins (and a null count: flatten ids is exact).
-using AfterBin = std::function<void(const at::Tensor&, const at::Tensor&, const int32_t*)>;
-
-std::tuple<at::Tensor, at::Tensor> bin_then(const at::Tensor& means2d, const at::Tensor& radii,
+std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at::Tensor& radii,
                                             const at::Tensor& depths, const at::Tensor& conics,
                                             const at::Tensor& opac2d, const at::Tensor& tiles, int64_t width,
-                                            int64_t height, int64_t tile_size, const AfterBin& after) {
+                                            int64_t height, int64_t tile_size) {
   const Sized s = bin_dims(means2d, radii, depths, conics, opac2d, tiles, width, height, tile_size);
   const Dims& d = s.d;
   FFA_F32(means2d);
@@ -245,14 +238,12 @@ std::tuple<at::Tensor, at::Tensor> bin_then(const at::Tensor& means2d, const at:
     const int64_t cap = bin_capacity(guess);
     PendingCount count(dev, count_dev, stream);
     sorted_vals = emit_sort_offsets(cap, true);
-    if (after) after(tile_offsets, sorted_vals, count_dev);  // e.g. the render, queued before the host waits
     n_isects = checked(count.wait());  // by now the scan is long done; the GPU works on the queued kernels
     if (n_isects > cap) {
       // the guess was short: the kernels above wrote within their buffers only; redo with the count
       // (the speculative buffer goes back to the allocator first: stream order makes that safe)
       sorted_vals = at::Tensor();
       sorted_vals = emit_sort_offsets(n_isects, false);
-      if (after) after(tile_offsets, sorted_vals, nullptr);
     }
   }
   hint.store(std::max(n_isects, guess - guess / 8), std::memory_order_relaxed);
@@ -261,18 +252,10 @@ std::tuple<at::Tensor, at::Tensor> bin_then(const at::Tensor& means2d, const at:
   return {tile_offsets, sorted_vals.narrow(0, 0, n_isects)};
 }
 
-std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at::Tensor& radii,
-                                            const at::Tensor& depths, const at::Tensor& conics,
-                                            const at::Tensor& opac2d, const at::Tensor& tiles, int64_t width,
-                                            int64_t height, int64_t tile_size) {
-  return bin_then(means2d, radii, depths, conics, opac2d, tiles, width, height, tile_size, nullptr);
-}
-
-// count_dev: nullptr, or the count on the device when flatten_ids is a guessed buffer (launch_render_fwd)
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda_counted(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda(
     const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d, const at::Tensor& colors,
     const c10::optional<at::Tensor>& backgrounds, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
-    int64_t width, int64_t height, int64_t tile_size, const int32_t* count_dev) {
+    int64_t width, int64_t height, int64_t tile_size) {
   const Sized s = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width,
                               height, tile_size);
   const Dims& d = s.d;
@@ -287,39 +270,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda_counted(
                                    colors.data_ptr<float>(),
                                    backgrounds.has_value() ? backgrounds->data_ptr<float>() : nullptr,
                                    tile_offsets.data_ptr<int32_t>(), flatten_ids.data_ptr<int32_t>(),
-                                   flatten_ids.numel(), count_dev, d, out_c.data_ptr<float>(), out_a.data_ptr<float>(),
+                                   flatten_ids.numel(), d, out_c.data_ptr<float>(), out_a.data_ptr<float>(),
                                    last.data_ptr<int32_t>(), final_T.data_ptr<float>(),
                                    c10::cuda::getCurrentCUDAStream()),
                  "rasterize render_fwd kernel");
   return {out_c, out_a, last, final_T};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda(
-    const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d, const at::Tensor& colors,
-    const c10::optional<at::Tensor>& backgrounds, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
-    int64_t width, int64_t height, int64_t tile_size) {
-  return render_cuda_counted(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height,
-                             tile_size, nullptr);
-}
-
-// rasterize_bin_render: the render is queued from inside the bin, before its host wait for the
-// count (after a short guess, again with the exact bins; the first render's outputs are dropped).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bin_render_cuda(
-    const at::Tensor& means2d, const at::Tensor& radii, const at::Tensor& depths, const at::Tensor& conics,
-    const at::Tensor& opac2d, const at::Tensor& tiles, const at::Tensor& colors,
-    const c10::optional<at::Tensor>& backgrounds, int64_t width, int64_t height, int64_t tile_size) {
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
-  bool rendered = false;
-  auto render = [&](const at::Tensor& offsets, const at::Tensor& flatten_ids, const int32_t* count_dev) {
-    out = render_cuda_counted(means2d, conics, opac2d, colors, backgrounds, offsets, flatten_ids, width, height,
-                              tile_size, count_dev);
-    rendered = true;
-  };
-  auto [offsets, flatten_ids] =
-      bin_then(means2d, radii, depths, conics, opac2d, tiles, width, height, tile_size, render);
-  if (!rendered) render(offsets, flatten_ids, nullptr);  // the exact way (no guess yet), or nothing to bin
-  auto& [img, alpha, last_ids, final_t] = out;
-  return {offsets, flatten_ids, img, alpha, last_ids, final_t};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cuda(
@@ -359,6 +314,5 @@ TORCH_LIBRARY_IMPL(ffavatar, CUDA, m) {
   m.impl("rasterize_project_bwd", &ffa::rasterize::project_bwd_cuda);
   m.impl("rasterize_bin", &ffa::rasterize::bin_cuda);
   m.impl("rasterize_render", &ffa::rasterize::render_cuda);
-  m.impl("rasterize_bin_render", &ffa::rasterize::bin_render_cuda);
   m.impl("rasterize_render_bwd", &ffa::rasterize::render_bwd_cuda);
 }

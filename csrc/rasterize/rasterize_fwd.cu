@@ -35,9 +35,8 @@ template <int CH>
 __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
                                   const float* __restrict__ opac2d, const float* __restrict__ colors,
                                   const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
-                                  const int32_t* __restrict__ flatten_ids, int32_t n_isects,
-                                  const int32_t* __restrict__ n_isects_dev, Dims d, int chan0, int nch,
-                                  float* __restrict__ out_c, float* __restrict__ out_a,
+                                  const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,
+                                  int nch, float* __restrict__ out_c, float* __restrict__ out_a,
                                   int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
@@ -55,11 +54,7 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
   const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
   const int64_t gt = m * tiles + (int64_t)ty * d.tiles_x + tx;
   const int32_t start = tile_offsets[gt];
-  // the last tile ends at the count: n_isects, or (a guessed buffer, see launch_render_fwd) the count
-  // on the device, at most n_isects
-  const int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1]
-                      : n_isects_dev != nullptr  ? min(max(*n_isects_dev, 0), n_isects)
-                                                 : n_isects;
+  const int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1] : n_isects;
   const int64_t cam = m % d.C, b = m / d.C;
   const int64_t color_base = (b * d.Cc + (d.Cc == 1 ? 0 : cam)) * d.N;
   const int64_t img_base = m * d.N;
@@ -153,8 +148,8 @@ size_t shmem_bytes(int nt) {
 template <int CH>
 cudaError_t launch_ch(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                       const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                      int64_t n_isects, const int32_t* n_isects_dev, const Dims& d, int chan0, int nch,
-                      float* out_c, float* out_a, int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
+                      int64_t n_isects, const Dims& d, int chan0, int nch, float* out_c, float* out_a,
+                      int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
   int nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
   dim3 grid(d.tiles_x, d.tiles_y, (unsigned)(d.B * d.C));
   const size_t shmem = shmem_bytes<CH>(nt);
@@ -164,8 +159,8 @@ cudaError_t launch_ch(const float* means2d, const float* conics, const float* op
     if (e != cudaSuccess) return e;
   }
   render_fwd_kernel<CH><<<grid, nt, shmem, stream>>>(reinterpret_cast<const float2*>(means2d), conics, opac2d, colors,
-                                                     backgrounds, tile_offsets, flatten_ids, (int32_t)n_isects,
-                                                     n_isects_dev, d, chan0, nch, out_c, out_a, last_ids, final_Ts);
+                                                     backgrounds, tile_offsets, flatten_ids, (int32_t)n_isects, d,
+                                                     chan0, nch, out_c, out_a, last_ids, final_Ts);
   return cudaGetLastError();
 }
 
@@ -195,8 +190,8 @@ inline int max_chunk(int nt) {
 
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                              int64_t n_isects, const int32_t* n_isects_dev, const Dims& d, float* out_colors,
-                              float* out_alphas, int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
+                              int64_t n_isects, const Dims& d, float* out_colors, float* out_alphas,
+                              int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
   if (d.B * d.C == 0) return cudaSuccess;
   if (d.B * d.C > 65535) return cudaErrorInvalidConfiguration;
   // D == 0 still needs one pass for alphas
@@ -207,8 +202,8 @@ cudaError_t launch_render_fwd(const float* means2d, const float* conics, const f
     int nch = (int)(D - chan0 < chunk ? D - chan0 : chunk);
     cudaError_t e;
 #define FFA_CH(CHN)                                                                                              \
-  e = launch_ch<CHN>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, n_isects,        \
-                     n_isects_dev, d, (int)chan0, nch, out_colors, out_alphas, last_ids, final_Ts, stream)
+  e = launch_ch<CHN>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, n_isects, d,     \
+                     (int)chan0, nch, out_colors, out_alphas, last_ids, final_Ts, stream)
     if (nch <= 1) FFA_CH(1);
     else if (nch == 2) FFA_CH(2);
     else if (nch == 3) FFA_CH(3);

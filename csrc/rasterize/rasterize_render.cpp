@@ -91,6 +91,26 @@ void render_fwd_cpu(const at::Tensor& means2d, const at::Tensor& conics, const a
   });
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cpu(const at::Tensor& means2d, const at::Tensor& conics,
+                                                          const at::Tensor& opac2d, const at::Tensor& colors,
+                                                          const c10::optional<at::Tensor>& backgrounds,
+                                                          const at::Tensor& tile_offsets,
+                                                          const at::Tensor& flatten_ids, int64_t width,
+                                                          int64_t height, int64_t tile_size) {
+  const Sized s = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width,
+                              height, tile_size);
+  const Dims& d = s.d;
+  auto fo = means2d.options();
+  at::Tensor out_c = at::empty(s.shape({d.C, d.H, d.W, d.D}), fo);
+  at::Tensor out_a = at::empty(s.shape({d.C, d.H, d.W, 1}), fo);
+  at::Tensor last = at::empty(s.shape({d.C, d.H, d.W}), fo.dtype(at::kInt));
+  at::Tensor final_T = at::empty(s.shape({d.C, d.H, d.W, 1}), fo);
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_render", [&] {
+    render_fwd_cpu<scalar_t>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, d, out_c,
+                             out_a, last, final_T);
+  });
+  return {out_c, out_a, last, final_T};
+}
 
 // Backward: per tile, pixels walk their splats back to front (transmittance recovered by division,
 // as gsplat); each intersection slot accumulates its own gradient (no races: a slot belongs to one
@@ -205,43 +225,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cpu_entry(
 }
 
 }  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cpu(const at::Tensor& means2d, const at::Tensor& conics,
-                                                          const at::Tensor& opac2d, const at::Tensor& colors,
-                                                          const c10::optional<at::Tensor>& backgrounds,
-                                                          const at::Tensor& tile_offsets,
-                                                          const at::Tensor& flatten_ids, int64_t width,
-                                                          int64_t height, int64_t tile_size) {
-  const Sized s = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width,
-                              height, tile_size);
-  const Dims& d = s.d;
-  auto fo = means2d.options();
-  at::Tensor out_c = at::empty(s.shape({d.C, d.H, d.W, d.D}), fo);
-  at::Tensor out_a = at::empty(s.shape({d.C, d.H, d.W, 1}), fo);
-  at::Tensor last = at::empty(s.shape({d.C, d.H, d.W}), fo.dtype(at::kInt));
-  at::Tensor final_T = at::empty(s.shape({d.C, d.H, d.W, 1}), fo);
-  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_render", [&] {
-    render_fwd_cpu<scalar_t>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, d, out_c,
-                             out_a, last, final_T);
-  });
-  return {out_c, out_a, last, final_T};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bin_render_cpu(
-    const at::Tensor& means2d, const at::Tensor& radii, const at::Tensor& depths, const at::Tensor& conics,
-    const at::Tensor& opac2d, const at::Tensor& tiles, const at::Tensor& colors,
-    const c10::optional<at::Tensor>& backgrounds, int64_t width, int64_t height, int64_t tile_size) {
-  auto [offsets, flatten_ids] = bin_cpu(means2d, radii, depths, conics, opac2d, tiles, width, height, tile_size);
-  auto [img, alpha, last_ids, final_t] =
-      render_cpu(means2d, conics, opac2d, colors, backgrounds, offsets, flatten_ids, width, height, tile_size);
-  return {offsets, flatten_ids, img, alpha, last_ids, final_t};
-}
-
 }  // namespace rasterize
 }  // namespace ffa
 
 TORCH_LIBRARY_IMPL(ffavatar, CPU, m) {
   m.impl("rasterize_render", &ffa::rasterize::render_cpu);
-  m.impl("rasterize_bin_render", &ffa::rasterize::bin_render_cpu);
   m.impl("rasterize_render_bwd", &ffa::rasterize::render_bwd_cpu_entry);
 }
