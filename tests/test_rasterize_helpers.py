@@ -111,14 +111,18 @@ def rel(a, b):
 DIFF_KEYS = ("means", "quats", "scales", "opacities", "colors")
 
 
-def run_with_grads(fn, scene, backgrounds=None, seed_grads=None, **kw):
-    """Render, backprop random upstream gradients (fixed by ``seed_grads``); return outputs and grads."""
+def run_with_grads(fn, scene, backgrounds=None, seed_grads=None, grad_mask=None, **kw):
+    """Render, backprop random upstream gradients (fixed by ``seed_grads``; zero at the pixels where
+    ``grad_mask`` [(B,)C,H,W] is False); return outputs and grads."""
     s = {k: (v.detach().clone().requires_grad_(True) if k in DIFF_KEYS else v) for k, v in scene.items()}
     bg = None if backgrounds is None else backgrounds.detach().clone().requires_grad_(True)
     img, alpha, meta = fn(**s, backgrounds=bg, **kw)
     gen = torch.Generator().manual_seed(seed_grads if seed_grads is not None else 0)
     gi = torch.randn(img.shape, generator=gen, dtype=torch.float64).to(img)
     ga = torch.randn(alpha.shape, generator=gen, dtype=torch.float64).to(alpha)
+    if grad_mask is not None:
+        m = grad_mask.to(img.device)[..., None]
+        gi, ga = gi * m, ga * m
     ((img * gi).sum() + (alpha * ga).sum()).backward()
     grads = {k: s[k].grad for k in DIFF_KEYS}
     if bg is not None:
