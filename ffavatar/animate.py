@@ -142,7 +142,8 @@ def motion_script(num_frames: int, n_shape: int = 300, n_expr: int = 100, *, num
         pitch = 0.18 * torch.sin(1.9 * k + 1.1)
         pose[:, 3, 0] = pose[:, 4, 0] = pitch
         pose[:, 3, 1] = pose[:, 4, 1] = yaw
-    return betas.to(dtype=dtype, device=device), pose.reshape(num_frames, -1).to(dtype=dtype, device=device)
+    return (betas.to(dtype=dtype, device=device),
+            pose.reshape(num_frames, num_joints * 3).to(dtype=dtype, device=device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +291,12 @@ def render_frames(model: FlameModel, gaussians: CanonicalGaussians, betas: torch
         Ks = Ks.expand(B, 3, 3)
     if Ks.shape != (B, 3, 3):
         raise ValueError(f"render_frames: Ks expected shape [3,3] or [{B},3,3], got {list(Ks.shape)}")
-    lbs_args = model.lbs_args() if lbs_args is None else tuple(lbs_args)
+    if lbs_args is None:
+        lbs_args = model.lbs_args()
+    elif not (isinstance(lbs_args, (tuple, list)) and len(lbs_args) == 6 and isinstance(lbs_args[1], torch.Tensor)
+              and lbs_args[1].dim() == 3):
+        raise TypeError("render_frames: lbs_args expected the 6-tuple of model.lbs_args() or "
+                        "model.expression_lbs_args(...) (shapedirs [V,3,S] second)")
     S = lbs_args[1].shape[-1]  # shapedirs [V,3,S]
     if betas.shape[1] != S:
         raise ValueError(f"render_frames: betas expected shape [B,{S}] (the directions of lbs_args' shapedirs), "
@@ -359,6 +365,8 @@ class Animator:
         views = orbit(num_frames, device=self.device)
         # one avatar, one shape (motion_script keeps the shape coefficients fixed): the expression-only
         # fast path, its shaped template computed once per sequence
+        if num_frames == 0:
+            return
         n = self.model.n_shape
         with torch.no_grad():
             args = self.model.expression_lbs_args(betas[0, :n])

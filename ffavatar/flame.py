@@ -213,9 +213,11 @@ class FlameModel:
 
         Without grad both are cached on the model: the expression slice once (the kernels cache joint
         products per tensor object, so every call returns the same object) and ``v_shaped`` for the
-        last ``betas_shape`` (compared by value; a model tensor changed in place or replaced also
+        last ``betas_shape`` (compared by value, a host sync on CUDA: get the arguments once per
+        shape, as the Animator does; a model tensor changed in place or replaced also
         recomputes). When grad is enabled and ``betas_shape``, ``v_template`` or ``shapedirs``
         requires it (fitting), both are computed fresh so autograd reaches them; nothing is stored.
+        Inference tensors (a model made under ``torch.inference_mode()``) are also computed fresh.
 
         Args:
             betas_shape: [n_shape] or [1,n_shape] shape coefficients (model dtype and device).
@@ -229,18 +231,22 @@ class FlameModel:
                              f"[1,{self.n_shape}] (n_shape), got {list(betas_shape.shape)}")
         vt, sd = self.v_template, self.shapedirs
         rest = (self.posedirs, self.J_regressor, self.parents, self.lbs_weights)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (betas_shape, vt, sd)):
+        fresh = (torch.is_grad_enabled() and any(t.requires_grad for t in (betas_shape, vt, sd))) or \
+            vt.is_inference() or sd.is_inference()  # (inference tensors have no version counter)
+        if fresh:
             return (shape_template(vt, sd, betas_shape), sd[..., self.n_shape:].contiguous(), *rest)
-        # computed as normal tensors even under torch.inference_mode(): later calls may need autograd
+        # computed as normal tensors even under torch.inference_mode(): later calls may need autograd.
+        # Read and written through locals: another thread may replace a cache in between.
         with torch.no_grad(), torch.inference_mode(False):
-            if not _same_tensors(self._expr_cache, (sd,)):
-                self._expr_cache = (sd, sd._version, sd[..., self.n_shape:].contiguous())   # [V,3,n_expr]
+            e = self._expr_cache
+            if not _same_tensors(e, (sd,)):
+                e = self._expr_cache = (sd, sd._version, sd[..., self.n_shape:].contiguous())  # [V,3,n_expr]
             c = self._shaped_cache
             bs = betas_shape.reshape(-1)                                                  # [n_shape]
             if not (_same_tensors(c, (vt, sd)) and _same_values(c[-2], bs)):
-                v_shaped = shape_template(vt, sd, bs)                                    # [V,3]
-                self._shaped_cache = (vt, sd, vt._version, sd._version, bs.clone(), v_shaped)
-        return (self._shaped_cache[-1], self._expr_cache[-1], *rest)
+                c = self._shaped_cache = (vt, sd, vt._version, sd._version, bs.clone(),
+                                          shape_template(vt, sd, bs))                     # v_shaped [V,3]
+        return (c[-1], e[-1], *rest)
 
 
 def _same_tensors(cache: tuple | None, tensors: tuple) -> bool:

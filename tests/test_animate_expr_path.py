@@ -86,6 +86,22 @@ def test_betas_width_must_match_lbs_args(heads):
         render_frames(m, g, expr, pose, vm, K, SIZE, SIZE)
 
 
+def test_lbs_args_checked_and_inference_models_work(heads):
+    m, g = heads[torch.float64]
+    betas, pose, vm, K = _frames(m)
+    with pytest.raises(TypeError, match="lbs_args"):
+        render_frames(m, g, betas, pose, vm, K, SIZE, SIZE, lbs_args=m.lbs_args)  # not called
+    with torch.inference_mode():                 # inference tensors (no version counter): not cached
+        mi = synthetic_head(torch.float32)
+        gi = canonical_gaussians(mi, levels=1)
+        a, b = mi.expression_lbs_args(torch.zeros(mi.n_shape)), mi.expression_lbs_args(torch.zeros(mi.n_shape))
+    assert mi._shaped_cache is None and a[0] is not b[0]
+    seen = []
+    anim = Animator(mi, gi, SIZE, backend=_spy(select_backend("cpu", "reference"), seen, render=False))
+    assert len(list(anim.render_sequence(2, batch=2))) == 1 and seen[0][0].shape[1] == mi.n_expr
+    assert list(anim.render_sequence(0)) == []
+
+
 def test_animator_takes_the_fast_path(heads):
     m, g = heads[torch.float32]
     seen = []

@@ -1,6 +1,8 @@
 // sort_pairs_cached (sort_graph.h): CUB's radix sort of the bin as a cached CUDA graph.
 #include "rasterize/sort_graph.h"
 
+#include <c10/util/Exception.h>
+
 #include <mutex>
 #include <vector>
 
@@ -32,14 +34,16 @@ struct SortGraph {
 
 constexpr size_t kMaxGraphs = 8;
 
+constexpr int kMaxDevices = 64;
+
 // Never destroyed (no CUDA calls during process teardown); guarded by mu.
 struct SortGraphCache {
   std::mutex mu;
   std::vector<SortGraph> graphs;
-  SortKey last_miss;
+  SortKey last_miss[kMaxDevices];           // per device: the last uncached call
   uint64_t clock = 0;
   bool broken = false;                      // a capture failed: direct launches from now on
-  cudaStream_t capture_stream[64] = {};     // per device, created on first capture
+  cudaStream_t capture_stream[kMaxDevices] = {};  // per device, created on first capture
 };
 
 SortGraphCache& cache() {
@@ -55,7 +59,7 @@ bool graphs_off() {
 // Capture the sort on the device's side stream; nullptr when anything fails (errors cleared).
 cudaGraphExec_t capture(SortGraphCache& c, void* temp, size_t temp_bytes, int64_t* keys, int64_t* keys_alt,
                         int32_t* values, int32_t* values_alt, int64_t n, int end_bit, bool* in_alt, int device) {
-  if (device < 0 || device >= 64) return nullptr;
+  if (device < 0 || device >= kMaxDevices) return nullptr;
   cudaStream_t& side = c.capture_stream[device];
   if (side == nullptr && cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) != cudaSuccess) {
     side = nullptr;
@@ -69,7 +73,7 @@ cudaGraphExec_t capture(SortGraphCache& c, void* temp, size_t temp_bytes, int64_
         launch_sort_pairs(temp, &temp_bytes, keys, keys_alt, values, values_alt, n, end_bit, in_alt, side);
     err = cudaStreamEndCapture(side, &graph);  // always ends the capture
     if (launched != cudaSuccess) err = launched;
-    if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+    if (err == cudaSuccess) err = cudaGraphInstantiateWithFlags(&exec, graph, 0);
     if (graph != nullptr) (void)cudaGraphDestroy(graph);
   }
   if (err != cudaSuccess) {
@@ -100,7 +104,7 @@ cudaError_t sort_pairs_cached(void* temp, size_t temp_bytes, int64_t* keys, int6
   for (int i = 0; i < 5; ++i) key.ptr[i] = ptrs[i];
 
   std::lock_guard<std::mutex> lock(c.mu);
-  if (c.broken) return direct();
+  if (c.broken || device < 0 || device >= kMaxDevices) return direct();
   for (SortGraph& g : c.graphs) {
     if (g.key == key) {
       g.used = ++c.clock;
@@ -108,8 +112,8 @@ cudaError_t sort_pairs_cached(void* temp, size_t temp_bytes, int64_t* keys, int6
       return cudaGraphLaunch(g.exec, stream);
     }
   }
-  if (!(c.last_miss == key)) {  // first sight of this call: launch directly, remember it
-    c.last_miss = key;
+  if (!(c.last_miss[device] == key)) {  // first sight of this call: launch directly, remember it
+    c.last_miss[device] = key;
     return direct();
   }
   SortGraph g;
@@ -117,6 +121,8 @@ cudaError_t sort_pairs_cached(void* temp, size_t temp_bytes, int64_t* keys, int6
   g.exec = capture(c, temp, temp_bytes, keys, keys_alt, values, values_alt, n, end_bit, &g.in_alt, device);
   if (g.exec == nullptr) {
     c.broken = true;
+    TORCH_WARN_ONCE("rasterize: capturing the bin's sort into a CUDA graph failed; the sort is launched "
+                    "directly from now on (same results)");
     return direct();
   }
   if (c.graphs.size() >= kMaxGraphs) {  // evict the least recently used (freed once its launches finish)
@@ -128,7 +134,7 @@ cudaError_t sort_pairs_cached(void* temp, size_t temp_bytes, int64_t* keys, int6
   }
   g.used = ++c.clock;
   c.graphs.push_back(g);
-  c.last_miss = SortKey();
+  c.last_miss[device] = SortKey();
   if (result_in_alt) *result_in_alt = g.in_alt;
   return cudaGraphLaunch(g.exec, stream);
 }
