@@ -1,6 +1,7 @@
 // sort_pairs_cached (sort_graph.h): CUB's radix sort of the bin as a cached CUDA graph.
 #include "rasterize/sort_graph.h"
 
+#include <c10/cuda/CUDAMacros.h>
 #include <c10/util/Exception.h>
 
 #include <mutex>
@@ -34,7 +35,7 @@ struct SortGraph {
 
 constexpr size_t kMaxGraphs = 8;
 
-constexpr int kMaxDevices = 64;
+constexpr int kMaxDevices = C10_COMPILE_TIME_MAX_GPUS;  // as the bin's per-device guess
 
 // Never destroyed (no CUDA calls during process teardown); guarded by mu.
 struct SortGraphCache {
