@@ -66,10 +66,11 @@ TORCH_LIBRARY(ffavatar, m) {
         "Tensor flatten_ids)");
   m.def("rasterize_render(Tensor means2d, Tensor conics, Tensor opacities2d, Tensor colors, "
         "Tensor? backgrounds, Tensor tile_offsets, Tensor flatten_ids, int width, int height, int tile_size) "
-        "-> (Tensor render_colors, Tensor render_alphas, Tensor last_ids, Tensor final_Ts)");
+        "-> (Tensor render_colors, Tensor render_alphas, Tensor last_ids, Tensor final_Ts, Tensor split_state)");
   m.def("rasterize_render_bwd(Tensor means2d, Tensor conics, Tensor opacities2d, Tensor colors, "
         "Tensor? backgrounds, Tensor tile_offsets, Tensor flatten_ids, Tensor final_Ts, Tensor last_ids, "
-        "Tensor v_render_colors, Tensor v_render_alphas, int width, int height, int tile_size) -> "
+        "Tensor v_render_colors, Tensor v_render_alphas, int width, int height, int tile_size, "
+        "Tensor? split_state=None) -> "
         "(Tensor v_means2d, Tensor v_conics, Tensor v_opacities2d, Tensor v_colors)");
 
 }

@@ -9,7 +9,9 @@ project: means [B,N,3], quats [B,N,4], scales [B,N,3], opacities [B,N], viewmats
 bin -> tile_offsets [B,C,TH,TW] i32, flatten_ids [n_isects] i32
 render: colors [B,Cc,N,D] or [B,N,D] (shared by the cameras), backgrounds [B,C,D]? -> colors [B,C,H,W,D],
   alphas [B,C,H,W,1], last_ids [B,C,H,W] i32, final_Ts [B,C,H,W,1] (transmittance kept exactly for the
-  backward; alphas = 1 - final_Ts)
+  backward; alphas = 1 - final_Ts), split_state [n] i32 (CUDA: which heavy tiles were blended in chunks
+  and what the backward of each chunk starts from, csrc/rasterize/rasterize_split.h; empty on the CPU;
+  render_bwd takes it as its optional last argument)
 Backward ops: the output gradients v_render_colors / v_render_alphas / v_depths may have any strides that
 flatten (e.g. the expanded gradient of a sum, or an expanded zero for an output with no gradient: nothing
 is materialized); the others are made contiguous by the glue if needed.
@@ -60,11 +62,13 @@ def register() -> None:
     def _(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height, tile_size):
         img = tuple(means2d.shape[:-2]) + (height, width)  # [B?,C,H,W]
         f = means2d.new_empty
-        return f(img + (colors.shape[-1],)), f(img + (1,)), f(img, dtype=torch.int32), f(img + (1,))
+        n_state = torch.library.get_ctx().new_dynamic_size()  # split plan: depends on the tile counts
+        return (f(img + (colors.shape[-1],)), f(img + (1,)), f(img, dtype=torch.int32), f(img + (1,)),
+                f((n_state,), dtype=torch.int32))
 
     @torch.library.register_fake(lib + "rasterize_render_bwd")
     def _(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_Ts, last_ids,
-          v_render_colors, v_render_alphas, width, height, tile_size):
+          v_render_colors, v_render_alphas, width, height, tile_size, split_state=None):
         return (torch.empty_like(means2d), torch.empty_like(conics), torch.empty_like(opac2d),
                 torch.empty_like(colors))
 
@@ -111,15 +115,16 @@ def _project_backward(ctx, g_means2d, g_depths, g_conics, g_opac2d, g_radii=None
 def _render_setup(ctx, inputs, output):
     means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width, height, tile_size = inputs
     ctx.save_for_backward(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, output[3],
-                          output[2])
+                          output[2], output[4])
     ctx.cfg = (width, height, tile_size)
     ctx.has_bg = backgrounds is not None
-    ctx.mark_non_differentiable(output[2], output[3])
+    ctx.mark_non_differentiable(output[2], output[3], output[4])
     ctx.set_materialize_grads(False)
 
 
-def _render_backward(ctx, g_colors, g_alphas, g_last=None, g_final_t=None):
-    means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids = ctx.saved_tensors
+def _render_backward(ctx, g_colors, g_alphas, g_last=None, g_final_t=None, g_state=None):
+    means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids, state = \
+        ctx.saved_tensors
     width, height, tile_size = ctx.cfg
     has_g_colors = g_colors is not None
     if not has_g_colors:
@@ -128,7 +133,7 @@ def _render_backward(ctx, g_colors, g_alphas, g_last=None, g_final_t=None):
         g_alphas = _zero(final_t, final_t.shape)
     v_m2, v_cn, v_op, v_col = torch.ops.ffavatar.rasterize_render_bwd(
         means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, final_t, last_ids, g_colors,
-        g_alphas, width, height, tile_size)
+        g_alphas, width, height, tile_size, state)
     v_bg = None
     if ctx.has_bg and ctx.needs_input_grad[4]:
         v_bg = (final_t * g_colors).sum(dim=(-3, -2)) if has_g_colors else backgrounds.new_zeros(backgrounds.shape)

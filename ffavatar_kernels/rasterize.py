@@ -175,7 +175,7 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
             cols = torch.cat([c.expand(depths.shape + colors.shape[-1:]), cols], -1)
     offsets, flatten_ids = _rasterize_ops.bin_(means2d, radii, depths, conics, opac2d, tiles, width, height,
                                                tile_size)
-    img, alpha, last_ids, _final_t = _rasterize_ops.render(means2d, conics, opac2d, cols, bg, offsets, flatten_ids,
+    img, alpha, last_ids, _final_t, _split = _rasterize_ops.render(means2d, conics, opac2d, cols, bg, offsets, flatten_ids,
                                                            width, height, tile_size)
     # Meta-only work after the render launch, where its host time hides behind the render kernel.
     visibility = radii.any(-1)  # radii >= 0

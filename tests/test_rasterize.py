@@ -131,7 +131,7 @@ def test_opcheck():
     args = (means2d.detach().requires_grad_(True), conics.detach().requires_grad_(True),
             opac.detach().requires_grad_(True), cols, bg, offs, fids, W, H, 16)
     torch.library.opcheck(ops.rasterize_render, args)
-    img, alpha, last, final_t = ops.rasterize_render(*args)
+    img, alpha, last, final_t, _state = ops.rasterize_render(*args)
     bw = (args[0], args[1], args[2], cols, bg, offs, fids, final_t, last, torch.rand_like(img), torch.rand_like(alpha),
           W, H, 16)
     torch.library.opcheck(ops.rasterize_render_bwd, bw, test_utils=("test_schema", "test_faketensor"))
@@ -162,7 +162,7 @@ def test_ops_take_unbatched_tensors():
         cb = cols[None] if cols.dim() == 3 else cols[None, None]
         ru = ops.rasterize_render(m2, cn, op, cols, bg, ou, fu, W, H, 16)
         rb = ops.rasterize_render(m2[None], cn[None], op[None], cb, bg[None], ob, fb, W, H, 16)
-        for x, y in zip(ru, rb):
+        for x, y in zip(ru[:4], rb[:4]):  # ru[4]: the split state, empty on the CPU
             assert x.shape == y.shape[1:] and torch.equal(x, y[0])
         gi, ga = torch.rand_like(ru[0]), torch.rand_like(ru[1])
         gu = ops.rasterize_render_bwd(m2, cn, op, cols, bg, ou, fu, ru[3], ru[2], gi, ga, W, H, 16)
@@ -187,7 +187,7 @@ def test_backward_ops_read_strided_output_grads():
     m2, dp, cn, op, rr, tl = ops.rasterize_project(*(s[k] for k in keys), W, H, 0.01, 1e10, 0.3, False, 16)
     offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, W, H, 16)
     bg = torch.rand(2, 4, dtype=torch.float64)
-    img, alpha, last, final_t = ops.rasterize_render(m2, cn, op, s["colors"], bg, offs, fids, W, H, 16)
+    img, alpha, last, final_t, _state = ops.rasterize_render(m2, cn, op, s["colors"], bg, offs, fids, W, H, 16)
     one = torch.rand((), dtype=torch.float64)
     wide = torch.rand(2, H, W, 7, dtype=torch.float64)
     cases = [
@@ -269,7 +269,7 @@ def test_opcheck_unbatched():
     args = (m2.requires_grad_(True), cn.requires_grad_(True), op.requires_grad_(True), cols, None, offs, fids,
             20, 18, 16)
     torch.library.opcheck(ops.rasterize_render, args)
-    img, alpha, last, final_t = ops.rasterize_render(*args)
+    img, alpha, last, final_t, _state = ops.rasterize_render(*args)
     bw = (*args[:7], final_t, last, torch.ones(()).double().expand(img.shape), torch.rand_like(alpha), 20, 18, 16)
     torch.library.opcheck(ops.rasterize_render_bwd, bw, test_utils=("test_schema", "test_faketensor"))
 

@@ -126,6 +126,56 @@ def test_cuda_dense_saturated_scene():
     _check_vs_ref(s, _bg(s, "RGB"), skip_sensitive=True)
 
 
+def _heavy_scene(B=None, D=3, dtype=torch.float64):
+    """Thousands of faint splats over a 48x40 image: tiles of 1,000+ splats (split into chunks by the
+    CUDA render), pixels that saturate somewhere inside a later chunk, others that never do."""
+    def layered(s):
+        n = s["means"].shape[-2]
+        s["means"][..., 2] = 3.0 + torch.randperm(n, dtype=s["means"].dtype) * 4e-4  # resolvable depth order
+        s["viewmats"][..., :3, :3] = torch.eye(3, dtype=s["means"].dtype)
+        s["opacities"] = s["opacities"] * 0.08 + 0.01
+    return make_scene(N=4000, C=2, W=48, H=40, D=D, B=B, spread=0.2, scale=(0.03, 0.12), dtype=dtype,
+                      well_conditioned=False, tweak=layered)
+
+
+def _split_plan(scene):
+    """nsplit of every tile that the CUDA render of ``scene`` cut into chunks (from its split state)."""
+    ops = torch.ops.ffavatar
+    s = cast(scene, torch.float32, "cuda")
+    m2, dp, cn, op, rr, tl = ops.rasterize_project(s["means"], s["quats"], s["scales"], s["opacities"],
+                                                   s["viewmats"], s["Ks"], s["width"], s["height"], 0.01, 1e10,
+                                                   0.3, False, 16)
+    offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, s["width"], s["height"], 16)
+    state = ops.rasterize_render(m2, cn, op, s["colors"], None, offs, fids, s["width"], s["height"], 16)[4]
+    G = offs.numel()
+    plan = state[: 2 * G].view(G, 2).cpu() if state.numel() else torch.ones(G, 2, dtype=torch.int32)
+    return plan[:, 0][plan[:, 0] > 1]
+
+
+@pytest.mark.parametrize("render_mode,D,batched", [("RGB", 3, False), ("RGB+ED", 3, True), ("RGB", 40, False)])
+def test_cuda_split_tiles_match_unsplit_and_reference(render_mode, D, batched, monkeypatch):
+    # heavy tiles are blended in chunks by several blocks and merged (csrc/rasterize/rasterize_split.h):
+    # the same images, ids and gradients as one block per tile (FFAVATAR_NO_SPLIT=1) up to rounding,
+    # and as the float64 reference. D = 40 runs two channel chunks (32 + 8) through the same plan.
+    s = _heavy_scene(B=2 if batched else None, D=D)
+    ns = _split_plan(s)
+    assert ns.numel() >= 2 and int(ns.max()) >= 3, ns  # the scene does split, into several chunks
+    bg = _bg(s, render_mode)
+    _check_vs_ref(s, bg, skip_sensitive=True, render_mode=render_mode)
+    f = cast(s, torch.float32, "cuda")
+    bgf = bg.float().cuda()
+    split = run_with_grads(rasterize, f, bgf, render_mode=render_mode)
+    monkeypatch.setenv("FFAVATAR_NO_SPLIT", "1")
+    assert _split_plan(s).numel() == 0
+    whole = run_with_grads(rasterize, f, bgf, render_mode=render_mode)
+    for a, b in zip(split[:2], whole[:2]):
+        assert (a - b).abs().max().item() < 1e-5
+    same = (split[2]["last_ids"] == whole[2]["last_ids"]).float().mean().item()
+    assert same >= 0.999, same  # a transmittance product rounded across the 1e-4 stop may move one
+    for k, g in whole[3].items():
+        assert rel(split[3][k], g) < 1e-4, (k, rel(split[3][k], g))
+
+
 def test_cuda_matches_cpu_binning_and_images():
     s = make_scene(N=300, C=2, W=70, H=50, D=3, B=2, spread=0.8, dtype=torch.float32)
     ci, ca, cm = rasterize(**s)
@@ -221,7 +271,7 @@ def test_cuda_unbatched_ops_and_strided_output_grads():
     offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, W, H, 16)
     ob, fb = ops.rasterize_bin(m2[None], rr[None], dp[None], cn[None], op[None], tl[None], W, H, 16)
     assert torch.equal(offs, ob[0]) and torch.equal(fids, fb)
-    img, alpha, last, final_t = ops.rasterize_render(m2, cn, op, s["colors"], None, offs, fids, W, H, 16)
+    img, alpha, last, final_t, _state = ops.rasterize_render(m2, cn, op, s["colors"], None, offs, fids, W, H, 16)
     rb = ops.rasterize_render(m2[None], cn[None], op[None], s["colors"][None, None], None, ob, fb, W, H, 16)
     assert torch.equal(img, rb[0][0]) and torch.equal(alpha, rb[1][0])
     one = torch.rand((), device="cuda")

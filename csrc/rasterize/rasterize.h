@@ -18,8 +18,10 @@
 //   rasterize_render(means2d, conics, opacities2d, colors [B,Cc,N,D] (Cc = 1 or C),
 //                    backgrounds [B,C,D]?, tile_offsets, flatten_ids, width, height, tile_size)
 //     -> render_colors [B,C,H,W,D], render_alphas [B,C,H,W,1], last_ids [B,C,H,W] i32 (-1: none),
-//        final_Ts [B,C,H,W,1] (final transmittance, kept exactly: 1 - alpha loses it in fp32)
-//   rasterize_render_bwd(..., final_Ts, last_ids, v_render_colors, v_render_alphas)
+//        final_Ts [B,C,H,W,1] (final transmittance, kept exactly: 1 - alpha loses it in fp32),
+//        split_state [n] i32 (CUDA: heavy tiles blended in chunks, rasterize_split.h; CPU: empty)
+//   rasterize_render_bwd(..., final_Ts, last_ids, v_render_colors, v_render_alphas, ...,
+//                        split_state?)  (None: every tile in one block; same gradients up to rounding)
 //     -> v_means2d, v_conics, v_opacities2d, v_colors
 //   (v_render_colors / v_render_alphas, and v_depths of rasterize_project_bwd, are read through
 //   strides when their pixel / image-Gaussian dims flatten, e.g. the expanded gradient of a sum)
@@ -97,11 +99,17 @@ cudaError_t launch_sort_pairs(void* temp, size_t* temp_bytes, int64_t* keys, int
 cudaError_t launch_tile_offsets(const int64_t* sorted_keys, int64_t n_isects, const int32_t* n_isects_dev,
                                 const Dims& d, int32_t* tile_offsets, cudaStream_t stream);
 
-// Rendering (one block per tile).
+// Rendering (one block per tile, or per chunk of a split tile: rasterize_split.h).
+struct Split;
+// Step 0: the split plan (rasterize_split.cu) into state [split_state_words(G, pool, nt, D)] int32,
+// from the tile offsets of the G = images x tiles tiles; split_view gives the kernels' view of it.
+cudaError_t launch_split_plan(const int32_t* tile_offsets, int64_t G, int64_t n_isects, int64_t pool,
+                              int32_t* state, cudaStream_t stream);
+Split split_view(int32_t* state, int64_t G, int64_t pool, int64_t D);
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                              int64_t n_isects, const Dims& d, float* out_colors, float* out_alphas,
-                              int32_t* last_ids, float* final_Ts, cudaStream_t stream);
+                              int64_t n_isects, const Dims& d, const Split& sp, float* out_colors,
+                              float* out_alphas, int32_t* last_ids, float* final_Ts, cudaStream_t stream);
 // Output gradients are read with strides (pixel p = (m*H + i)*W + j, channel c): v_colors_out[p * vc_pix
 // + c * vc_ch], v_alphas_out[p * va_pix]; contiguous is (D, 1, 1), the expanded gradient of a sum (0, 0, 0).
 struct GradStrides {
@@ -109,8 +117,8 @@ struct GradStrides {
 };
 cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                              int64_t n_isects, const Dims& d, const float* final_Ts, const int32_t* last_ids,
-                              const float* v_colors_out, const float* v_alphas_out, GradStrides gs,
+                              int64_t n_isects, const Dims& d, const Split& sp, const float* final_Ts,
+                              const int32_t* last_ids, const float* v_colors_out, const float* v_alphas_out, GradStrides gs,
                               float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
                               cudaStream_t stream);
 #endif

@@ -10,6 +10,7 @@
 // evaluated, reduced and added.
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
+#include "rasterize/rasterize_split.h"
 #include "rasterize/rasterize_warp.cuh"
 
 namespace ffa {
@@ -89,15 +90,21 @@ constexpr int rs_head(int nv) {
              : nv;
 }
 
+// Register cap: what the kernel took before split tiles (whose chunk setup would otherwise cost a block
+// of 256 threads per SM at CH <= 4).
 template <int CH>
-__global__ void render_bwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
+constexpr int kBwdMaxRegs = CH <= 3 ? 48 : CH == 4 ? 56 : 255;
+
+template <int CH>
+__global__ void __maxnreg__(kBwdMaxRegs<CH>) render_bwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
                                   const float* __restrict__ opac2d, const float* __restrict__ colors,
                                   const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
                                   const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,
-                                  int nch, const float* __restrict__ final_Ts, const int32_t* __restrict__ last_ids,
-                                  const float* __restrict__ v_out_c, const float* __restrict__ v_out_a,
-                                  GradStrides gs, float* __restrict__ v_means2d, float* __restrict__ v_conics,
-                                  float* __restrict__ v_opac2d, float* __restrict__ v_colors) {
+                                  int nch, Split sp, const float* __restrict__ final_Ts,
+                                  const int32_t* __restrict__ last_ids, const float* __restrict__ v_out_c,
+                                  const float* __restrict__ v_out_a, GradStrides gs, float* __restrict__ v_means2d,
+                                  float* __restrict__ v_conics, float* __restrict__ v_opac2d,
+                                  float* __restrict__ v_colors) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
   int32_t* s_id = reinterpret_cast<int32_t*>(smem);
@@ -107,17 +114,36 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
   // in the dynamic buffer too (no static shared memory): the launch's opt-in test sees all of it
   int& s_maxlast = *reinterpret_cast<int*>(s_col + nt * CH);
 
-  const int tx = blockIdx.x, ty = blockIdx.y;
-  const int64_t m = blockIdx.z;
+  // work item -> (image m, tile, chunk k of nsplit), as in the forward
+  int64_t gt = blockIdx.x;
+  int k = 0, nsplit = 1, slot0 = 0;
+  if (sp.work) {
+    const int32_t w = sp.work[blockIdx.x];
+    if (w < 0) return;
+    gt = w / kMaxSplit;
+    k = w % kMaxSplit;
+    const int2 pl = reinterpret_cast<const int2*>(sp.plan)[gt];
+    nsplit = pl.x;
+    slot0 = pl.y;
+  }
+  const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
+  const int64_t m = gt / tiles;
+  const int tile = (int)(gt - m * tiles), ty = tile / d.tiles_x, tx = tile - ty * d.tiles_x;
   const int tid = threadIdx.x, ts = d.tile_size, lane = tid & 31;
   int li, lj;
   tile_pixel(tid, ts, li, lj);
   const int i = ty * ts + li, j = tx * ts + lj;
   const bool inside = li < ts && i < d.H && j < d.W;
-  const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
-  const int64_t gt = m * tiles + (int64_t)ty * d.tiles_x + tx;
-  const int32_t start = tile_offsets[gt];
-  const int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1] : n_isects;
+  int32_t start = tile_offsets[gt];
+  int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1] : n_isects;
+  // a chunk of a split tile starts from the T after it and the colour behind it (the forward's merge)
+  const float* row = nullptr;
+  if (nsplit > 1) {
+    const int32_t len = (end - start + nsplit - 1) / nsplit;
+    start = min(end, start + k * len);
+    end = min(end, start + len);
+    if (k < nsplit - 1) row = sp.slots + ((int64_t)(slot0 + k) * nt + tid) * sp.stride;
+  }
   const int64_t cam = m % d.C, b = m / d.C;
   const int64_t color_base = (b * d.Cc + (d.Cc == 1 ? 0 : cam)) * d.N;
   const int64_t img_base = m * d.N;
@@ -135,13 +161,13 @@ __global__ void render_bwd_kernel(const float2* __restrict__ means2d, const floa
 
   const float px = (float)j + 0.5f, py = (float)i + 0.5f;
   const float T_final = inside ? final_Ts[pix] : 1.f;
-  float T = T_final;
+  float T = row && inside ? row[0] : T_final;
   float vrc[CH], buf[CH];
   float bg_dot = 0.f;
 #pragma unroll
   for (int q = 0; q < CH; ++q) {
     vrc[q] = (inside && q < nch) ? v_out_c[pix * gs.vc_pix + (chan0 + q) * gs.vc_ch] : 0.f;
-    buf[q] = 0.f;
+    buf[q] = row && inside && q < nch ? row[2 + chan0 + q] : 0.f;
     if (backgrounds && q < nch) bg_dot += backgrounds[m * d.D + chan0 + q] * vrc[q];
   }
   const float vra = (inside && chan0 == 0) ? v_out_a[pix * gs.va_pix] : 0.f;
@@ -279,21 +305,22 @@ size_t shmem_bytes(int nt) {
 template <int CH>
 cudaError_t launch_ch(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                       const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                      int64_t n_isects, const Dims& d, int chan0, int nch, const float* final_Ts,
+                      int64_t n_isects, const Dims& d, int chan0, int nch, const Split& sp, const float* final_Ts,
                       const int32_t* last_ids, const float* v_out_c, const float* v_out_a, GradStrides gs,
                       float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors, cudaStream_t stream) {
   int nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
-  dim3 grid(d.tiles_x, d.tiles_y, (unsigned)(d.B * d.C));
+  const int64_t blocks = split_blocks(d, sp);
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const size_t shmem = shmem_bytes<CH>(nt);
   if (shmem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(render_bwd_kernel<CH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)shmem);
     if (e != cudaSuccess) return e;
   }
-  render_bwd_kernel<CH><<<grid, nt, shmem, stream>>>(reinterpret_cast<const float2*>(means2d), conics, opac2d, colors,
-                                                     backgrounds, tile_offsets, flatten_ids, (int32_t)n_isects, d,
-                                                     chan0, nch, final_Ts, last_ids, v_out_c, v_out_a, gs,
-                                                     v_means2d, v_conics, v_opac2d, v_colors);
+  render_bwd_kernel<CH><<<(unsigned)blocks, nt, shmem, stream>>>(
+      reinterpret_cast<const float2*>(means2d), conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids,
+      (int32_t)n_isects, d, chan0, nch, sp, final_Ts, last_ids, v_out_c, v_out_a, gs, v_means2d, v_conics,
+      v_opac2d, v_colors);
   return cudaGetLastError();
 }
 
@@ -323,12 +350,11 @@ inline int max_chunk(int nt) {
 
 cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                              int64_t n_isects, const Dims& d, const float* final_Ts, const int32_t* last_ids,
-                              const float* v_colors_out, const float* v_alphas_out, GradStrides gs,
-                              float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
+                              int64_t n_isects, const Dims& d, const Split& sp, const float* final_Ts,
+                              const int32_t* last_ids, const float* v_colors_out, const float* v_alphas_out,
+                              GradStrides gs, float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
                               cudaStream_t stream) {
   if (d.B * d.C == 0 || n_isects == 0) return cudaSuccess;
-  if (d.B * d.C > 65535) return cudaErrorInvalidConfiguration;
   int64_t D = d.D;
   int64_t chan0 = 0;
   const int chunk = max_chunk(((d.tile_size * d.tile_size + 31) / 32) * 32);
@@ -337,7 +363,7 @@ cudaError_t launch_render_bwd(const float* means2d, const float* conics, const f
     cudaError_t e;
 #define FFA_CH(CHN)                                                                                           \
   e = launch_ch<CHN>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, n_isects, d,  \
-                     (int)chan0, nch, final_Ts, last_ids, v_colors_out, v_alphas_out, gs, v_means2d,         \
+                     (int)chan0, nch, sp, final_Ts, last_ids, v_colors_out, v_alphas_out, gs, v_means2d,         \
                      v_conics, v_opac2d, v_colors, stream)
     if (nch <= 1) FFA_CH(1);
     else if (nch == 2) FFA_CH(2);

@@ -13,6 +13,7 @@
 
 #include "common/checks.h"
 #include "rasterize/rasterize.h"
+#include "rasterize/rasterize_split.h"
 
 namespace ffa {
 namespace rasterize {
@@ -228,6 +229,26 @@ inline void check_render_grads(const Sized& s, const at::Tensor& final_Ts, const
   check_shape(last_ids, "last_ids", s.shape({d.C, d.H, d.W}));
   check_sizes(v_render_colors, "v_render_colors", s.shape({d.C, d.H, d.W, d.D}));
   check_sizes(v_render_alphas, "v_render_alphas", s.shape({d.C, d.H, d.W, 1}));
+}
+
+// split_state of the render backward (the forward's 5th output): None or empty (no split), or int32,
+// 1-D, on means2d's device, with the size of a plan for G tiles of nt pixels and D channels. Returns
+// its pool of slots (0: no split).
+inline int64_t split_state_pool(const c10::optional<at::Tensor>& state, const at::Tensor& means2d, int64_t G,
+                                int64_t nt, int64_t D) {
+  if (!state.has_value() || !state->defined() || state->numel() == 0) return 0;
+  const at::Tensor& t = *state;
+  FFA_CHECK(t.scalar_type() == at::kInt && t.dim() == 1 && t.is_contiguous(),
+            "split_state: expected the 1-D int32 tensor of the render forward, got ", t.scalar_type(), " of shape ",
+            t.sizes());
+  FFA_CHECK_SAME_DEVICE(means2d, t);
+  FFA_CHECK(means2d.is_cuda(), "split_state: expected an empty tensor on the CPU (the CPU render does not split "
+            "tiles), got ", t.numel(), " elements");
+  const int64_t rest = t.numel() - 3 * G, per = 2 + nt * (D + 2);
+  FFA_CHECK(rest > 0 && rest % per == 0 && split_state_words(G, rest / per, nt, D) == t.numel(),
+            "split_state: ", t.numel(), " elements do not fit this call's ", G, " tiles and ", D,
+            " channels (was it made by the render forward of the same call?)");
+  return rest / per;
 }
 
 }  // namespace rasterize

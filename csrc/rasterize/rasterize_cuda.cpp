@@ -252,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   return {tile_offsets, sorted_vals.narrow(0, 0, n_isects)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda(
     const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d, const at::Tensor& colors,
     const c10::optional<at::Tensor>& backgrounds, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
     int64_t width, int64_t height, int64_t tile_size) {
@@ -266,27 +266,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda(
   at::Tensor out_a = at::empty(s.shape({d.C, d.H, d.W, 1}), fo);
   at::Tensor last = at::empty(s.shape({d.C, d.H, d.W}), fo.dtype(at::kInt));
   at::Tensor final_T = at::empty(s.shape({d.C, d.H, d.W, 1}), fo);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  // heavy tiles are blended in chunks (rasterize_split.h); the plan and the merge state go to the backward
+  const int64_t G = d.B * d.C * d.tiles_x * d.tiles_y, n_isects = flatten_ids.numel();
+  // FFAVATAR_NO_SPLIT=1 (read per call, for A/B runs and tests): every tile in one block
+  const int64_t pool = ffa_env_flag("FFAVATAR_NO_SPLIT") ? 0 : split_pool(G, d.B * d.C, n_isects);
+  const int64_t nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
+  at::Tensor state = at::empty({pool > 0 ? split_state_words(G, pool, nt, d.D) : 0}, fo.dtype(at::kInt));
+  if (pool > 0)
+    FFA_CHECK_CUDA(launch_split_plan(tile_offsets.data_ptr<int32_t>(), G, n_isects, pool, state.data_ptr<int32_t>(),
+                                     stream),
+                   "rasterize split plan kernel");
+  const Split sp = split_view(pool > 0 ? state.data_ptr<int32_t>() : nullptr, G, pool, d.D);
   FFA_CHECK_CUDA(launch_render_fwd(means2d.data_ptr<float>(), conics.data_ptr<float>(), opac2d.data_ptr<float>(),
                                    colors.data_ptr<float>(),
                                    backgrounds.has_value() ? backgrounds->data_ptr<float>() : nullptr,
-                                   tile_offsets.data_ptr<int32_t>(), flatten_ids.data_ptr<int32_t>(),
-                                   flatten_ids.numel(), d, out_c.data_ptr<float>(), out_a.data_ptr<float>(),
-                                   last.data_ptr<int32_t>(), final_T.data_ptr<float>(),
-                                   c10::cuda::getCurrentCUDAStream()),
+                                   tile_offsets.data_ptr<int32_t>(), flatten_ids.data_ptr<int32_t>(), n_isects, d,
+                                   sp, out_c.data_ptr<float>(), out_a.data_ptr<float>(), last.data_ptr<int32_t>(),
+                                   final_T.data_ptr<float>(), stream),
                  "rasterize render_fwd kernel");
-  return {out_c, out_a, last, final_T};
+  return {out_c, out_a, last, final_T, state};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cuda(
     const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d, const at::Tensor& colors,
     const c10::optional<at::Tensor>& backgrounds, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
     const at::Tensor& final_Ts, const at::Tensor& last_ids, const at::Tensor& v_render_colors,
-    const at::Tensor& v_render_alphas, int64_t width, int64_t height, int64_t tile_size) {
+    const at::Tensor& v_render_alphas, int64_t width, int64_t height, int64_t tile_size,
+    const c10::optional<at::Tensor>& split_state) {
   const Sized s = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width,
                               height, tile_size);
   const Dims& d = s.d;
   FFA_F32(means2d);
   check_render_grads(s, final_Ts, last_ids, v_render_colors, v_render_alphas);
+  // the forward's split state (none: every tile in one block, the same gradients up to rounding)
+  const int64_t G = d.B * d.C * d.tiles_x * d.tiles_y, nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
+  const int64_t pool = split_state_pool(split_state, means2d, G, nt, d.D);
+  const Split sp = split_view(pool > 0 ? split_state->data_ptr<int32_t>() : nullptr, G, pool, d.D);
   c10::cuda::CUDAGuard guard(means2d.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   // output gradients as they come (e.g. the expanded ones of a sum: no copy); contiguous copies otherwise
@@ -297,7 +313,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cuda(
                                    colors.data_ptr<float>(),
                                    backgrounds.has_value() ? backgrounds->data_ptr<float>() : nullptr,
                                    tile_offsets.data_ptr<int32_t>(), flatten_ids.data_ptr<int32_t>(),
-                                   flatten_ids.numel(), d, final_Ts.data_ptr<float>(), last_ids.data_ptr<int32_t>(),
+                                   flatten_ids.numel(), d, sp, final_Ts.data_ptr<float>(), last_ids.data_ptr<int32_t>(),
                                    gc.t.data_ptr<float>(), ga.t.data_ptr<float>(), GradStrides{gc.pix, gc.ch, ga.pix},
                                    v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(), v_opac2d.data_ptr<float>(),
                                    v_colors.data_ptr<float>(), stream),

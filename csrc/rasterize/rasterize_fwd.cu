@@ -10,6 +10,7 @@
 // overlaps the previous splat's compositing. Torch-free.
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
+#include "rasterize/rasterize_split.h"
 #include "rasterize/rasterize_warp.cuh"
 
 namespace ffa {
@@ -31,43 +32,17 @@ __device__ __forceinline__ bool pixel_alpha(const float4& xyo, const float3& con
   return near & kept;
 }
 
+// Blends the splats [start, end) of the tile into this thread's pixel, front to back, from the
+// given T / acc / last; done pixels (outside, or stopped) take no part. Every thread of the block
+// calls it (it synchronizes); shared memory is free again when it returns.
 template <int CH>
-__global__ void render_fwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
-                                  const float* __restrict__ opac2d, const float* __restrict__ colors,
-                                  const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
-                                  const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,
-                                  int nch, float* __restrict__ out_c, float* __restrict__ out_a,
-                                  int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int nt = blockDim.x;
-  float4* s_xyo = reinterpret_cast<float4*>(smem);  // x, y, opacity, sigma cutoff
-  float3* s_con = reinterpret_cast<float3*>(s_xyo + nt);
-  float* s_col = reinterpret_cast<float*>(s_con + nt);  // [nt, CH], zero past nch
-
-  const int tx = blockIdx.x, ty = blockIdx.y;
-  const int64_t m = blockIdx.z;
-  const int tid = threadIdx.x, ts = d.tile_size, lane = tid & 31;
-  int li, lj;
-  tile_pixel(tid, ts, li, lj);
-  const int i = ty * ts + li, j = tx * ts + lj;
-  const bool inside = li < ts && i < d.H && j < d.W;
-  const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
-  const int64_t gt = m * tiles + (int64_t)ty * d.tiles_x + tx;
-  const int32_t start = tile_offsets[gt];
-  const int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1] : n_isects;
-  const int64_t cam = m % d.C, b = m / d.C;
-  const int64_t color_base = (b * d.Cc + (d.Cc == 1 ? 0 : cam)) * d.N;
-  const int64_t img_base = m * d.N;
-
-  const float px = (float)j + 0.5f, py = (float)i + 0.5f;
-  float T = 1.f;
-  float acc[CH];
-#pragma unroll
-  for (int c = 0; c < CH; ++c) acc[c] = 0.f;
-  int32_t last = -1;
-  bool done = !inside;
-  const WarpRect rect = warp_rect(inside, i, j);
-
+__device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float* s_col, const float2* means2d,
+                                            const float* conics, const float* opac2d, const float* colors,
+                                            const int32_t* flatten_ids, int64_t color_base, int64_t img_base,
+                                            const Dims& d, int chan0, int nch, int32_t start, int32_t end,
+                                            const WarpRect& rect, float px, float py, float& T, float (&acc)[CH],
+                                            int32_t& last, bool& done) {
+  const int nt = blockDim.x, tid = threadIdx.x, lane = tid & 31;
   for (int32_t bs = start; bs < end; bs += nt) {
     if (__syncthreads_count(done) == nt) break;
     int32_t k = bs + tid;
@@ -125,42 +100,205 @@ __global__ void render_fwd_kernel(const float2* __restrict__ means2d, const floa
       }
     }
   }
-  if (!inside) return;
-  int64_t pix = (m * d.H + i) * (int64_t)d.W + j;
+}
+
+// Register cap of the forward: what the single-block blend needs (ptxas otherwise gives the rarely run
+// merge of split tiles 16 more, which costs two blocks of 256 threads per SM on every tile).
+template <int CH>
+constexpr int kFwdMaxRegs = CH <= 4 ? 48 : CH <= 8 ? 56 : CH <= 16 ? 96 : 128;
+
+// Chunk k of nsplit of the tile [start, end).
+__device__ __forceinline__ void chunk_range(int32_t start, int32_t end, int k, int nsplit, int32_t& cs, int32_t& ce) {
+  const int32_t len = (end - start + nsplit - 1) / nsplit;
+  cs = min(end, start + k * len);
+  ce = min(end, cs + len);
+}
+
+template <int CH>
+__global__ void __maxnreg__(kFwdMaxRegs<CH>) render_fwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
+                                  const float* __restrict__ opac2d, const float* __restrict__ colors,
+                                  const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
+                                  const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,
+                                  int nch, Split sp, float* __restrict__ out_c, float* __restrict__ out_a,
+                                  int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int nt = blockDim.x;
+  float4* s_xyo = reinterpret_cast<float4*>(smem);  // x, y, opacity, sigma cutoff
+  float3* s_con = reinterpret_cast<float3*>(s_xyo + nt);
+  float* s_col = reinterpret_cast<float*>(s_con + nt);  // [nt, CH], zero past nch
+  int& s_flag = *reinterpret_cast<int*>(s_col + nt * CH);
+
+  // work item -> (image m, tile, chunk k of nsplit)
+  int64_t gt = blockIdx.x;
+  int k = 0, nsplit = 1, slot0 = 0;
+  if (sp.work) {
+    const int32_t w = sp.work[blockIdx.x];
+    if (w < 0) return;
+    gt = w / kMaxSplit;
+    k = w % kMaxSplit;
+    const int2 pl = reinterpret_cast<const int2*>(sp.plan)[gt];
+    nsplit = pl.x;
+    slot0 = pl.y;
+  }
+  const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
+  const int64_t m = gt / tiles;
+  const int tile = (int)(gt - m * tiles), ty = tile / d.tiles_x, tx = tile - ty * d.tiles_x;
+  const int tid = threadIdx.x, ts = d.tile_size;
+  int li, lj;
+  tile_pixel(tid, ts, li, lj);
+  const int i = ty * ts + li, j = tx * ts + lj;
+  const bool inside = li < ts && i < d.H && j < d.W;
+  const int32_t start = tile_offsets[gt];
+  const int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1] : n_isects;
+  const int64_t cam = m % d.C, b = m / d.C;
+  const int64_t color_base = (b * d.Cc + (d.Cc == 1 ? 0 : cam)) * d.N;
+  const int64_t img_base = m * d.N;
+  const int64_t pix = (m * d.H + i) * (int64_t)d.W + j;
+  const float px = (float)j + 0.5f, py = (float)i + 0.5f;
+  const WarpRect rect = warp_rect(inside, i, j);
+
+  int32_t cs = start, ce = end;
+  if (nsplit > 1) chunk_range(start, end, k, nsplit, cs, ce);
+  float T = 1.f;
+  float acc[CH];
+#pragma unroll
+  for (int c = 0; c < CH; ++c) acc[c] = 0.f;
+  int32_t last = -1;
+  bool done = !inside;
+  blend_range<CH>(s_xyo, s_con, s_col, means2d, conics, opac2d, colors, flatten_ids, color_base, img_base, d, chan0,
+                  nch, cs, ce, rect, px, py, T, acc, last, done);
+
   float* o = out_c + pix * d.D + chan0;
+  if (nsplit > 1) {
+    // Raw partial of this chunk (chunk 0: in the outputs; chunk k: in slot slot0 + k - 1); T's sign
+    // marks a chunk that stopped on its own.
+    float* row = sp.slots + ((int64_t)(slot0 + k - 1) * nt + tid) * sp.stride;
+    if (inside) {
+      const float Ts = done ? -T : T;
+      if (k == 0) {
+#pragma unroll
+        for (int q = 0; q < CH; ++q)
+          if (q < nch) o[q] = acc[q];
+        final_Ts[pix] = Ts;
+        last_ids[pix] = last;
+      } else {
+        row[0] = Ts;
+        row[1] = __int_as_float(last);
+#pragma unroll
+        for (int q = 0; q < CH; ++q)
+          if (q < nch) row[2 + chan0 + q] = acc[q];
+      }
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) s_flag = atomicAdd(sp.counters + slot0, 1) == nsplit - 1;
+    __syncthreads();
+    if (!s_flag) return;  // not the tile's last block
+    __threadfence();
+    if (tid == 0) sp.counters[slot0] = 0;  // for the next launch (channel chunk or call)
+
+    // Merge, front to back, one chunk at a time (block-uniform loop). A pixel still going at chunk kk
+    // (pos == kk) takes it whole (T *= its T) unless the chunk stopped on its own or T crosses the
+    // threshold inside it; then the block blends the chunk again for such pixels from their true T
+    // (the exact rule), and its colour, weighted by that T, replaces the chunk's raw colour. The T in
+    // front of chunk kk goes to word 1 of its slot (its last id is not needed after this).
+    unsigned whole = 0u, redone = 0u;  // chunk bits
+    int pos = nsplit;                  // the next chunk this pixel merges; nsplit: finished
+    if (inside) {
+      const float T0 = __ldcg(final_Ts + pix);
+      T = fabsf(T0);
+      last = __ldcg(last_ids + pix);
+      pos = T0 < 0.f ? nsplit : 1;  // chunk 0 stopped: exact, nothing behind it counts
+    }
+    for (int kk = 1; kk < nsplit; ++kk) {
+      float* r = sp.slots + ((int64_t)(slot0 + kk - 1) * nt + tid) * sp.stride;
+      bool redo = false;
+      if (pos == kk) {
+        const float Tk = __ldcg(r);
+        const int32_t lk = __float_as_int(__ldcg(r + 1));
+        r[1] = T;
+        if (Tk < 0.f || T * Tk <= splat::kTransmittanceEps) {
+          redo = true;
+        } else {
+          T *= Tk;
+          if (lk >= 0) last = lk;
+          whole |= 1u << kk;
+          pos = kk + 1;
+        }
+      }
+      if (!__syncthreads_or(redo)) continue;
+#pragma unroll
+      for (int q = 0; q < CH; ++q) acc[q] = 0.f;
+      done = !redo;
+      int32_t rs, re;
+      chunk_range(start, end, kk, nsplit, rs, re);
+      blend_range<CH>(s_xyo, s_con, s_col, means2d, conics, opac2d, colors, flatten_ids, color_base, img_base, d,
+                      chan0, nch, rs, re, rect, px, py, T, acc, last, done);
+      if (redo) {
+#pragma unroll
+        for (int q = 0; q < CH; ++q)
+          if (q < nch) r[2 + chan0 + q] = acc[q];
+        redone |= 1u << kk;
+        pos = done ? nsplit : kk + 1;  // it may not stop after all (the product rounded across)
+      }
+    }
+    if (!inside) return;
+    // Back to front: the colour of the chunks behind each chunk, S, and the T after it, which the
+    // backward of that chunk starts from; then the outputs. Chunk kk's weight: the T in front of it
+    // when taken whole, 1 when blended again (already weighted), 0 when the pixel finished before it.
+    float S[CH];
+#pragma unroll
+    for (int q = 0; q < CH; ++q) S[q] = 0.f;
+    for (int mm = nsplit - 2; mm >= 0; --mm) {
+      const int kk = mm + 1;
+      float* r = sp.slots + ((int64_t)(slot0 + mm) * nt + tid) * sp.stride;
+      const float wk = (whole >> kk) & 1u ? __ldcg(r + 1) : (redone >> kk) & 1u ? 1.f : 0.f;
+#pragma unroll
+      for (int q = 0; q < CH; ++q) S[q] += wk * (q < nch ? __ldcg(r + 2 + chan0 + q) : 0.f);
+      r[0] = ((whole | redone) >> kk) & 1u ? __ldcg(r + 1) : T;  // T after chunk mm: in front of kk, or final
+#pragma unroll
+      for (int q = 0; q < CH; ++q)
+        if (q < nch) r[2 + chan0 + q] = S[q];
+    }
+#pragma unroll
+    for (int q = 0; q < CH; ++q) acc[q] = (q < nch ? __ldcg(o + q) : 0.f) + S[q];
+  }
+  if (!inside) return;
   const float* bg = backgrounds ? backgrounds + m * d.D + chan0 : nullptr;
 #pragma unroll
   for (int q = 0; q < CH; ++q)
     if (q < nch) o[q] = acc[q] + (bg ? T * bg[q] : 0.f);
-  if (chan0 == 0) {
+  if (chan0 == 0 || nsplit > 1) {
     out_a[pix] = 1.f - T;
     final_Ts[pix] = T;
     last_ids[pix] = last;
   }
 }
 
-// Dynamic shared memory of one block: per thread one splat's geometry and its CH colour values.
+// Dynamic shared memory of one block: per thread one splat's geometry and its CH colour values; the
+// merge flag.
 template <int CH>
 size_t shmem_bytes(int nt) {
-  return (size_t)nt * (sizeof(float4) + sizeof(float3) + CH * sizeof(float));
+  return (size_t)nt * (sizeof(float4) + sizeof(float3) + CH * sizeof(float)) + sizeof(int);
 }
 
 template <int CH>
 cudaError_t launch_ch(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                       const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                      int64_t n_isects, const Dims& d, int chan0, int nch, float* out_c, float* out_a,
-                      int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
+                      int64_t n_isects, const Dims& d, int chan0, int nch, const Split& sp, float* out_c,
+                      float* out_a, int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
   int nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
-  dim3 grid(d.tiles_x, d.tiles_y, (unsigned)(d.B * d.C));
+  const int64_t blocks = split_blocks(d, sp);
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const size_t shmem = shmem_bytes<CH>(nt);
   if (shmem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(render_fwd_kernel<CH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)shmem);
     if (e != cudaSuccess) return e;
   }
-  render_fwd_kernel<CH><<<grid, nt, shmem, stream>>>(reinterpret_cast<const float2*>(means2d), conics, opac2d, colors,
-                                                     backgrounds, tile_offsets, flatten_ids, (int32_t)n_isects, d,
-                                                     chan0, nch, out_c, out_a, last_ids, final_Ts);
+  render_fwd_kernel<CH><<<(unsigned)blocks, nt, shmem, stream>>>(
+      reinterpret_cast<const float2*>(means2d), conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids,
+      (int32_t)n_isects, d, chan0, nch, sp, out_c, out_a, last_ids, final_Ts);
   return cudaGetLastError();
 }
 
@@ -190,10 +328,9 @@ inline int max_chunk(int nt) {
 
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                              int64_t n_isects, const Dims& d, float* out_colors, float* out_alphas,
-                              int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
+                              int64_t n_isects, const Dims& d, const Split& sp, float* out_colors,
+                              float* out_alphas, int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
   if (d.B * d.C == 0) return cudaSuccess;
-  if (d.B * d.C > 65535) return cudaErrorInvalidConfiguration;
   // D == 0 still needs one pass for alphas
   int64_t D = d.D;
   int64_t chan0 = 0;
@@ -203,7 +340,7 @@ cudaError_t launch_render_fwd(const float* means2d, const float* conics, const f
     cudaError_t e;
 #define FFA_CH(CHN)                                                                                              \
   e = launch_ch<CHN>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, n_isects, d,     \
-                     (int)chan0, nch, out_colors, out_alphas, last_ids, final_Ts, stream)
+                     (int)chan0, nch, sp, out_colors, out_alphas, last_ids, final_Ts, stream)
     if (nch <= 1) FFA_CH(1);
     else if (nch == 2) FFA_CH(2);
     else if (nch == 3) FFA_CH(3);

@@ -91,12 +91,10 @@ void render_fwd_cpu(const at::Tensor& means2d, const at::Tensor& conics, const a
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cpu(const at::Tensor& means2d, const at::Tensor& conics,
-                                                          const at::Tensor& opac2d, const at::Tensor& colors,
-                                                          const c10::optional<at::Tensor>& backgrounds,
-                                                          const at::Tensor& tile_offsets,
-                                                          const at::Tensor& flatten_ids, int64_t width,
-                                                          int64_t height, int64_t tile_size) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cpu(
+    const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d, const at::Tensor& colors,
+    const c10::optional<at::Tensor>& backgrounds, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
+    int64_t width, int64_t height, int64_t tile_size) {
   const Sized s = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width,
                               height, tile_size);
   const Dims& d = s.d;
@@ -109,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cpu(const at::
     render_fwd_cpu<scalar_t>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, d, out_c,
                              out_a, last, final_T);
   });
-  return {out_c, out_a, last, final_T};
+  return {out_c, out_a, last, final_T, at::empty({0}, fo.dtype(at::kInt))};  // no split state on the CPU
 }
 
 // Backward: per tile, pixels walk their splats back to front (transmittance recovered by division,
@@ -208,11 +206,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cpu_entry(
     const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac2d, const at::Tensor& colors,
     const c10::optional<at::Tensor>& backgrounds, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
     const at::Tensor& final_Ts, const at::Tensor& last_ids, const at::Tensor& v_render_colors,
-    const at::Tensor& v_render_alphas, int64_t width, int64_t height, int64_t tile_size) {
+    const at::Tensor& v_render_alphas, int64_t width, int64_t height, int64_t tile_size,
+    const c10::optional<at::Tensor>& split_state) {
   const Sized s = render_dims(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, width,
                               height, tile_size);
   const Dims& d = s.d;
   check_render_grads(s, final_Ts, last_ids, v_render_colors, v_render_alphas);
+  split_state_pool(split_state, means2d, 0, 1, d.D);  // must be empty here
   const PixelGrad gc = pixel_grad(v_render_colors), ga = pixel_grad(v_render_alphas);
   at::Tensor v_means2d = at::zeros_like(means2d), v_conics = at::zeros_like(conics);
   at::Tensor v_opac2d = at::zeros_like(opac2d), v_colors = at::zeros_like(colors);

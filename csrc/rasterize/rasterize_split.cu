@@ -1,0 +1,113 @@
+// The split plan of a render call (rasterize_split.h): which tiles are cut into chunks, their slots
+// and the list of work items (one block each). One block of 1024 threads:
+//   1. histogram of the extra chunks the tiles ask for, by count (bins of kBinWidth splats);
+//   2. a suffix sum over the bins gives the lowest bin whose tiles, with every heavier one, fit the
+//      pool: those tiles are split, the others not (ties within a bin go together, so the plan
+//      depends on the counts only, not on the order of anything);
+//   3. a scan over the tiles in order gives each split tile its first slot and its work items.
+#include <cub/block/block_scan.cuh>
+
+#include "rasterize/rasterize.h"
+#include "rasterize/rasterize_split.h"
+
+namespace ffa {
+namespace rasterize {
+namespace {
+
+constexpr int kPlanThreads = 1024;
+constexpr int kBins = kPlanThreads;  // one per thread in the suffix sum
+constexpr int kBinWidth = 32;        // splats; counts past kBins * kBinWidth share the last bin
+
+__device__ __forceinline__ int tile_count(const int32_t* offsets, int64_t gt, int64_t G, int32_t n_isects) {
+  const int32_t end = gt + 1 < G ? offsets[gt + 1] : n_isects;
+  return end - offsets[gt];
+}
+
+__device__ __forceinline__ int want_split(int cnt) {
+  const int ns = (cnt + kSplitChunk - 1) / kSplitChunk;
+  return ns < 1 ? 1 : ns > kMaxSplit ? kMaxSplit : ns;
+}
+
+__device__ __forceinline__ int count_bin(int cnt) { return min(cnt / kBinWidth, kBins - 1); }
+
+__global__ void __launch_bounds__(kPlanThreads) split_plan_kernel(const int32_t* __restrict__ offsets, int64_t G,
+                                                                  int32_t n_isects, int pool, int2* __restrict__ plan,
+                                                                  int32_t* __restrict__ work,
+                                                                  int32_t* __restrict__ counters) {
+  using Scan = cub::BlockScan<int, kPlanThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ int hist[kBins];
+  __shared__ int s_threshold, s_carry;
+  const int tid = threadIdx.x;
+  hist[tid] = 0;
+  if (tid == 0) {
+    s_threshold = kBins;  // no bin fits: nothing is split
+    s_carry = 0;
+  }
+  __syncthreads();
+  for (int64_t gt = tid; gt < G; gt += kPlanThreads) {
+    const int cnt = tile_count(offsets, gt, G, n_isects);
+    const int ns = want_split(cnt);
+    if (ns > 1) atomicAdd(&hist[count_bin(cnt)], ns - 1);
+  }
+  __syncthreads();
+  // thread t holds bin kBins - 1 - t: its inclusive prefix is the suffix sum of bins >= that bin
+  int suffix;
+  Scan(scan_tmp).InclusiveSum(hist[kBins - 1 - tid], suffix);
+  const int bin = kBins - 1 - tid;
+  if (suffix <= pool && hist[bin] > 0) atomicMin(&s_threshold, bin);
+  __syncthreads();
+  const int threshold = s_threshold;
+  // tiles in order, one per thread per round; extra chunks of the split ones scanned into slots
+  for (int64_t r0 = 0; r0 < G; r0 += kPlanThreads) {
+    const int64_t gt = r0 + tid;
+    int ns = 1;
+    if (gt < G) {
+      const int cnt = tile_count(offsets, gt, G, n_isects);
+      const int want = want_split(cnt);
+      if (want > 1 && count_bin(cnt) >= threshold) ns = want;
+    }
+    int base, total;
+    __syncthreads();  // scan_tmp and s_carry of the previous round consumed
+    Scan(scan_tmp).ExclusiveSum(ns - 1, base, total);
+    base += s_carry;
+    if (gt < G) {
+      plan[gt] = make_int2(ns, base);
+      if (ns > 1) counters[base] = 0;
+      const int64_t item = gt + base;  // tiles before this one and their extra chunks
+      for (int k = 0; k < ns; ++k) work[item + k] = (int32_t)(gt * kMaxSplit + k);
+    }
+    __syncthreads();
+    if (tid == 0) s_carry += total;
+  }
+  __syncthreads();
+  for (int64_t i = G + s_carry + tid; i < G + pool; i += kPlanThreads) work[i] = -1;
+}
+
+}  // namespace
+
+cudaError_t launch_split_plan(const int32_t* tile_offsets, int64_t G, int64_t n_isects, int64_t pool,
+                              int32_t* state, cudaStream_t stream) {
+  if (G == 0) return cudaSuccess;
+  int2* plan = reinterpret_cast<int2*>(state);
+  int32_t* work = state + 2 * G;
+  int32_t* counters = work + G + pool;
+  split_plan_kernel<<<1, kPlanThreads, 0, stream>>>(tile_offsets, G, (int32_t)n_isects, (int)pool, plan, work,
+                                                    counters);
+  return cudaGetLastError();
+}
+
+Split split_view(int32_t* state, int64_t G, int64_t pool, int64_t D) {
+  Split s;
+  if (state == nullptr || pool == 0) return s;
+  s.plan = state;
+  s.work = state + 2 * G;
+  s.counters = state + 3 * G + pool;
+  s.slots = reinterpret_cast<float*>(s.counters + pool);
+  s.stride = D + 2;
+  s.pool = pool;
+  return s;
+}
+
+}  // namespace rasterize
+}  // namespace ffa
