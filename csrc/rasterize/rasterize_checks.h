@@ -244,7 +244,7 @@ inline int64_t split_state_pool(const c10::optional<at::Tensor>& state, const at
   FFA_CHECK_SAME_DEVICE(means2d, t);
   FFA_CHECK(means2d.is_cuda(), "split_state: expected an empty tensor on the CPU (the CPU render does not split "
             "tiles), got ", t.numel(), " elements");
-  const int64_t rest = t.numel() - 3 * G, per = 2 + nt * (D + 2);
+  const int64_t rest = t.numel() - 3 * G, per = 3 + nt * (D + 2);
   FFA_CHECK(rest > 0 && rest % per == 0 && split_state_words(G, rest / per, nt, D) == t.numel(),
             "split_state: ", t.numel(), " elements do not fit this call's ", G, " tiles and ", D,
             " channels (was it made by the render forward of the same call?)");

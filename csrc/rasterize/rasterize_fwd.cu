@@ -107,6 +107,16 @@ __device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float*
 template <int CH>
 constexpr int kFwdMaxRegs = CH <= 4 ? 48 : CH <= 8 ? 56 : CH <= 16 ? 96 : 128;
 
+// Flag handshake between the chunks of a split tile (release / acquire at GPU scope).
+__device__ __forceinline__ int ld_acquire(const int32_t* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release(int32_t* p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
 // Chunk k of nsplit of the tile [start, end).
 __device__ __forceinline__ void chunk_range(int32_t start, int32_t end, int k, int nsplit, int32_t& cs, int32_t& ce) {
   const int32_t len = (end - start + nsplit - 1) / nsplit;
@@ -170,95 +180,107 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>) render_fwd_kernel(const float2* __r
 
   float* o = out_c + pix * d.D + chan0;
   if (nsplit > 1) {
-    // Raw partial of this chunk (chunk 0: in the outputs; chunk k: in slot slot0 + k - 1); T's sign
-    // marks a chunk that stopped on its own.
-    float* row = sp.slots + ((int64_t)(slot0 + k - 1) * nt + tid) * sp.stride;
+    // Chunk k of a split tile (rasterize_split.h). Rows: slot j = chunk j's T behind it (word 0) and
+    // chunk j + 1's last id and colour; flags: "T behind chunk j published"; then the arrivals.
+    auto row = [&](int jj) { return sp.slots + ((int64_t)(slot0 + jj) * nt + tid) * sp.stride; };
+    int32_t* const flags = sp.counters + slot0;
+    int32_t* const arrivals = sp.counters + sp.pool + slot0;
+    // the T in front of this chunk (chunk k - 1 publishes it; negative: the pixel finished before)
+    float P = 1.f;
+    if (k > 0) {
+      if (tid == 0)
+        while (ld_acquire(flags + k - 1) == 0) __nanosleep(64);
+      __syncthreads();
+      if (inside) P = __ldcg(row(k - 1));
+    }
+    // whole: T behind = P T_k, colour P C_k; finished here: blended again below from T = P (chunk 0
+    // needs no second walk: its T in front is 1); finished before: nothing
+    const bool before = P < 0.f;
+    const bool here = inside && !before && (done || (k > 0 && P * T <= splat::kTransmittanceEps));
+    const bool again = here && k > 0;
+    float Tb = before ? -1.f : here ? (k == 0 ? -T : -1.f) : P * T;
+    if (k < nsplit - 1) {
+      if (inside) row(k)[0] = Tb;
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) st_release(flags + k, 1);
+    }
+    if (before || !inside) {
+#pragma unroll
+      for (int q = 0; q < CH; ++q) acc[q] = 0.f;
+      last = -1;
+    } else if (!here) {
+#pragma unroll
+      for (int q = 0; q < CH; ++q) acc[q] *= P;
+    }
+    if (__syncthreads_or(again)) {  // the exact walk from the true T, for the pixels that stop here
+      if (again) {
+#pragma unroll
+        for (int q = 0; q < CH; ++q) acc[q] = 0.f;
+        T = P;
+        last = -1;
+      }
+      done = !again;
+      blend_range<CH>(s_xyo, s_con, s_col, means2d, conics, opac2d, colors, flatten_ids, color_base, img_base, d,
+                      chan0, nch, cs, ce, rect, px, py, T, acc, last, done);
+      if (again) {
+        Tb = -T;  // finished (even if the walk did not stop: the chunks behind have skipped it)
+        if (k < nsplit - 1) row(k)[0] = Tb;
+      }
+    }
     if (inside) {
-      const float Ts = done ? -T : T;
       if (k == 0) {
 #pragma unroll
         for (int q = 0; q < CH; ++q)
           if (q < nch) o[q] = acc[q];
-        final_Ts[pix] = Ts;
         last_ids[pix] = last;
       } else {
-        row[0] = Ts;
-        row[1] = __int_as_float(last);
-#pragma unroll
-        for (int q = 0; q < CH; ++q)
-          if (q < nch) row[2 + chan0 + q] = acc[q];
-      }
-    }
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) s_flag = atomicAdd(sp.counters + slot0, 1) == nsplit - 1;
-    __syncthreads();
-    if (!s_flag) return;  // not the tile's last block
-    __threadfence();
-    if (tid == 0) sp.counters[slot0] = 0;  // for the next launch (channel chunk or call)
-
-    // Merge, front to back, one chunk at a time (block-uniform loop). A pixel still going at chunk kk
-    // (pos == kk) takes it whole (T *= its T) unless the chunk stopped on its own or T crosses the
-    // threshold inside it; then the block blends the chunk again for such pixels from their true T
-    // (the exact rule), and its colour, weighted by that T, replaces the chunk's raw colour. The T in
-    // front of chunk kk goes to word 1 of its slot (its last id is not needed after this).
-    unsigned whole = 0u, redone = 0u;  // chunk bits
-    int pos = nsplit;                  // the next chunk this pixel merges; nsplit: finished
-    if (inside) {
-      const float T0 = __ldcg(final_Ts + pix);
-      T = fabsf(T0);
-      last = __ldcg(last_ids + pix);
-      pos = T0 < 0.f ? nsplit : 1;  // chunk 0 stopped: exact, nothing behind it counts
-    }
-    for (int kk = 1; kk < nsplit; ++kk) {
-      float* r = sp.slots + ((int64_t)(slot0 + kk - 1) * nt + tid) * sp.stride;
-      bool redo = false;
-      if (pos == kk) {
-        const float Tk = __ldcg(r);
-        const int32_t lk = __float_as_int(__ldcg(r + 1));
-        r[1] = T;
-        if (Tk < 0.f || T * Tk <= splat::kTransmittanceEps) {
-          redo = true;
-        } else {
-          T *= Tk;
-          if (lk >= 0) last = lk;
-          whole |= 1u << kk;
-          pos = kk + 1;
-        }
-      }
-      if (!__syncthreads_or(redo)) continue;
-#pragma unroll
-      for (int q = 0; q < CH; ++q) acc[q] = 0.f;
-      done = !redo;
-      int32_t rs, re;
-      chunk_range(start, end, kk, nsplit, rs, re);
-      blend_range<CH>(s_xyo, s_con, s_col, means2d, conics, opac2d, colors, flatten_ids, color_base, img_base, d,
-                      chan0, nch, rs, re, rect, px, py, T, acc, last, done);
-      if (redo) {
+        float* r = row(k - 1);
+        r[1] = __int_as_float(last);
 #pragma unroll
         for (int q = 0; q < CH; ++q)
           if (q < nch) r[2 + chan0 + q] = acc[q];
-        redone |= 1u << kk;
-        pos = done ? nsplit : kk + 1;  // it may not stop after all (the product rounded across)
       }
+      if (k == nsplit - 1) final_Ts[pix] = Tb;
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) s_flag = atomicAdd(arrivals, 1) == nsplit - 1;
+    __syncthreads();
+    if (!s_flag) return;  // not the tile's last block
+    __threadfence();
+    if (tid == 0) {  // reset for the next launch (channel chunk or call)
+      *arrivals = 0;
+      for (int jj = 0; jj < nsplit - 1; ++jj) flags[jj] = 0;
     }
     if (!inside) return;
-    // Back to front: the colour of the chunks behind each chunk, S, and the T after it, which the
-    // backward of that chunk starts from; then the outputs. Chunk kk's weight: the T in front of it
-    // when taken whole, 1 when blended again (already weighted), 0 when the pixel finished before it.
+    // Merge: the final T is the T behind the first chunk where the pixel finished (else the last
+    // chunk's); the last id is the last chunk's that blended anything; back to front, the colour of
+    // every chunk behind chunk j goes where the backward of chunk j starts.
+    T = 0.f;
+    bool found = false;
+    for (int jj = 0; jj < nsplit - 1 && !found; ++jj) {
+      const float t = __ldcg(row(jj));
+      if (t < 0.f) {
+        T = -t;
+        found = true;
+      }
+    }
+    if (!found) T = fabsf(__ldcg(final_Ts + pix));
+    last = __ldcg(last_ids + pix);
     float S[CH];
 #pragma unroll
     for (int q = 0; q < CH; ++q) S[q] = 0.f;
-    for (int mm = nsplit - 2; mm >= 0; --mm) {
-      const int kk = mm + 1;
-      float* r = sp.slots + ((int64_t)(slot0 + mm) * nt + tid) * sp.stride;
-      const float wk = (whole >> kk) & 1u ? __ldcg(r + 1) : (redone >> kk) & 1u ? 1.f : 0.f;
+    for (int jj = nsplit - 2; jj >= 0; --jj) {
+      float* r = row(jj);
+      const int32_t lk = __float_as_int(__ldcg(r + 1));
+      if (lk > last) last = lk;  // ids grow with the chunk: the largest one is the last chunk's
+      r[0] = fabsf(__ldcg(r));   // the T behind chunk jj, where its backward starts
 #pragma unroll
-      for (int q = 0; q < CH; ++q) S[q] += wk * (q < nch ? __ldcg(r + 2 + chan0 + q) : 0.f);
-      r[0] = ((whole | redone) >> kk) & 1u ? __ldcg(r + 1) : T;  // T after chunk mm: in front of kk, or final
-#pragma unroll
-      for (int q = 0; q < CH; ++q)
+      for (int q = 0; q < CH; ++q) {
+        S[q] += q < nch ? __ldcg(r + 2 + chan0 + q) : 0.f;
         if (q < nch) r[2 + chan0 + q] = S[q];
+      }
     }
 #pragma unroll
     for (int q = 0; q < CH; ++q) acc[q] = (q < nch ? __ldcg(o + q) : 0.f) + S[q];

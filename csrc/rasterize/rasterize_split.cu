@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kPlanThreads) split_plan_kernel(const int32_t*
     base += s_carry;
     if (gt < G) {
       plan[gt] = make_int2(ns, base);
-      if (ns > 1) counters[base] = 0;
+      for (int k = 0; k < ns - 1; ++k) counters[base + k] = counters[pool + base + k] = 0;
       const int64_t item = gt + base;  // tiles before this one and their extra chunks
       for (int k = 0; k < ns; ++k) work[item + k] = (int32_t)(gt * kMaxSplit + k);
     }
@@ -103,7 +103,7 @@ Split split_view(int32_t* state, int64_t G, int64_t pool, int64_t D) {
   s.plan = state;
   s.work = state + 2 * G;
   s.counters = state + 3 * G + pool;
-  s.slots = reinterpret_cast<float*>(s.counters + pool);
+  s.slots = reinterpret_cast<float*>(s.counters + 2 * pool);
   s.stride = D + 2;
   s.pool = pool;
   return s;

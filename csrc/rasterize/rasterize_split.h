@@ -3,11 +3,14 @@
 // Why: one block blends one tile, so the kernel lasts as long as its heaviest tile. On the 81K head
 // at 512x512 two tiles hold 2,094 splats (median 278), and their warps walk them alone at the end.
 // A heavy tile's list is cut into nsplit consecutive chunks, each blended by its own block from
-// T = 1; the block that finishes last for the tile merges them in depth order:
-//   C = C_0 + T_0 C_1 + T_0 T_1 C_2 + ...,  T = T_0 T_1 ...
-// The stop rule (stop before the splat that takes T to <= 1e-4) depends on the T in front of the
-// chunk, so a chunk that stopped on its own, or whose product crosses the threshold, is blended again
-// from its true T by the merging block (the only inexact step is the rounding of those products).
+// T = 1 (C_k, T_k). Then, in chunk order (chunk k waits for chunk k-1 only, as CUB's decoupled
+// look-back does), each publishes the T behind it, P_k = P_(k-1) T_k, and weights its colour:
+// P_(k-1) C_k. A pixel whose stop rule (stop before the splat that takes T to <= 1e-4) falls inside
+// chunk k (the chunk stopped on its own, or P_(k-1) T_k <= 1e-4) is marked finished for the chunks
+// behind, and chunk k blends it again from its true T, P_(k-1), with the exact rule. The tile's last
+// block to finish sums the chunks' colours and writes the outputs and, for the backward, the colour
+// behind every chunk. Inexact only in rounding (products of T's; a pixel whose product rounds across
+// the threshold is finished there even if the exact walk would not stop: what it loses is < 1e-4).
 //
 // Which tiles: nsplit = min(kMaxSplit, ceil(count / kSplitChunk)); a pool of slots (one per extra
 // chunk) is shared by the images of a call, and the heaviest tiles get it first (a histogram of the
@@ -16,12 +19,14 @@
 // State (one int32 tensor, `split_state`, built by the render forward and read by its backward):
 //   plan     [G] int2: (nsplit, first slot) per (image, tile), G = images x tiles
 //   work     [G + pool] int32: gt * kMaxSplit + chunk, in tile order; -1 past the end
-//   counters [pool] int32: arrivals of a split tile's blocks (at its first slot; reset by the merger)
-//   slots    [pool, nt, D + 2] float: slot s + j of a tile holds, per pixel, during the forward the
-//            raw partial of chunk j + 1 (T, with its sign set when the chunk stopped; last id; C[D]),
-//            and after the merge what the backward of chunk j needs (T after the chunk, unused,
-//            S[D] = colour of every splat behind the chunk). Chunk 0's raw partial sits in the
-//            outputs (colors, final_Ts, last_ids) until the merge.
+//   counters [2, pool] int32: per slot, "T behind chunk j published" flags, then per split tile (at
+//            its first slot) the arrivals of its blocks; all reset by the merging block
+//   slots    [pool, nt, D + 2] float: slot s + j of a tile holds, per pixel: word 0, the T behind
+//            chunk j (negative: the pixel finished at or before chunk j); word 1, the last id of
+//            chunk j + 1; words 2.., the colour of chunk j + 1, which the merge replaces by the colour
+//            of every chunk behind chunk j (where the backward of chunk j starts, with word 0's T).
+//            Chunk 0's colour and last id sit in the outputs (colors, last_ids), and the T behind the
+//            last chunk in final_Ts, until the merge.
 #pragma once
 #include <stdint.h>
 
@@ -51,7 +56,7 @@ inline int64_t split_blocks(const Dims& d, const Split& sp) {
 
 // Words of the split state of G tiles with a pool of `pool` slots of nt pixels and D channels.
 inline int64_t split_state_words(int64_t G, int64_t pool, int64_t nt, int64_t D) {
-  return 3 * G + 2 * pool + pool * nt * (D + 2);
+  return 3 * G + 3 * pool + pool * nt * (D + 2);
 }
 
 // Slots of a render call: one per kSplitChunk intersections (the most a call can use), at most
