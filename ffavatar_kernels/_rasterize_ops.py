@@ -82,9 +82,19 @@ def register() -> None:
 # default would allocate zeros for every output without a gradient, including the int outputs (radii,
 # tiles_per_gauss, last_ids) and final_Ts. A missing gradient of a per-pixel output or of depths is
 # passed as an expanded zero (one element), which the backward ops read through strides.
+_ZEROS: dict = {}  # (device, dtype) -> a zero scalar, read-only: one allocation and fill per device
+
+
 def _zero(like, shape):
     """A zero of like's dtype/device expanded to shape (one element, nothing materialized)."""
-    return like.new_zeros(()).expand(shape)
+    if torch.compiler.is_compiling() or type(like) not in (torch.Tensor, torch.nn.Parameter):
+        return like.new_zeros(()).expand(shape)
+    key = (like.device, like.dtype)
+    z = _ZEROS.get(key)
+    if z is None:
+        with torch.inference_mode(False), torch.no_grad():
+            z = _ZEROS[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+    return z.expand(shape)
 
 
 def _project_setup(ctx, inputs, output):

@@ -115,6 +115,8 @@ cudaError_t launch_render_fwd(const float* means2d, const float* conics, const f
 struct GradStrides {
   int64_t vc_pix, vc_ch, va_pix;
 };
+// Zero four float buffers (p[b] of n[b] elements) in one launch: the render backward's gradients.
+cudaError_t launch_zero4(float* const p[4], const int64_t n[4], cudaStream_t stream);
 cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
                               int64_t n_isects, const Dims& d, const Split& sp, const float* final_Ts,

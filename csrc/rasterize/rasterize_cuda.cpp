@@ -24,14 +24,6 @@ namespace {
 constexpr size_t kAlign = 256;
 inline size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// Zero a float32 output with one cudaMemsetAsync (cheaper on the host than at::zeros_like's fill launch).
-inline at::Tensor zeros_f32(const at::Tensor& like, cudaStream_t stream) {
-  at::Tensor t = at::empty_like(like, at::MemoryFormat::Contiguous);
-  if (t.numel() > 0)
-    FFA_CHECK_CUDA(cudaMemsetAsync(t.data_ptr(), 0, (size_t)t.numel() * sizeof(float), stream), "rasterize memset");
-  return t;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_cuda(
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales, const at::Tensor& opacities,
     const at::Tensor& viewmats, const at::Tensor& Ks, int64_t width, int64_t height, double near_plane,
@@ -307,8 +299,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cuda(
   auto stream = c10::cuda::getCurrentCUDAStream();
   // output gradients as they come (e.g. the expanded ones of a sum: no copy); contiguous copies otherwise
   const PixelGrad gc = pixel_grad(v_render_colors), ga = pixel_grad(v_render_alphas);
-  at::Tensor v_means2d = zeros_f32(means2d, stream), v_conics = zeros_f32(conics, stream);
-  at::Tensor v_opac2d = zeros_f32(opac2d, stream), v_colors = zeros_f32(colors, stream);
+  // the gradients are accumulated with atomics: zeroed first, all four in one launch
+  at::Tensor v_means2d = at::empty_like(means2d, at::MemoryFormat::Contiguous);
+  at::Tensor v_conics = at::empty_like(conics, at::MemoryFormat::Contiguous);
+  at::Tensor v_opac2d = at::empty_like(opac2d, at::MemoryFormat::Contiguous);
+  at::Tensor v_colors = at::empty_like(colors, at::MemoryFormat::Contiguous);
+  float* const zp[4] = {v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(), v_opac2d.data_ptr<float>(),
+                        v_colors.data_ptr<float>()};
+  const int64_t zn[4] = {v_means2d.numel(), v_conics.numel(), v_opac2d.numel(), v_colors.numel()};
+  FFA_CHECK_CUDA(launch_zero4(zp, zn, stream), "rasterize zero4 kernel");
   FFA_CHECK_CUDA(launch_render_bwd(means2d.data_ptr<float>(), conics.data_ptr<float>(), opac2d.data_ptr<float>(),
                                    colors.data_ptr<float>(),
                                    backgrounds.has_value() ? backgrounds->data_ptr<float>() : nullptr,
