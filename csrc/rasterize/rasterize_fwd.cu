@@ -4,10 +4,10 @@
 // tests one splat per lane against its pixel rectangle (rasterize_warp.cuh), then blends only the
 // hits (ballot bits, in depth order). Channels are processed CH at a time in registers (several launches when
 // D > 32: each recomputes alpha, outputs are identical); a batch's CH colour values per splat are staged
-// in shared memory with its geometry. A warp takes its kept splats two at a time: both alphas (which do
-// not depend on the transmittance) are evaluated side by side, then composited in order, so the
-// latency of one splat's shared loads, quadratic form and exp overlaps the other's. Heavy tiles are
-// cut into chunks blended by several blocks (rasterize_split.h). Torch-free.
+// in shared memory with its geometry. The loop over a warp's kept splats is software-pipelined by one
+// (the alpha of the next kept splat, which does not depend on the transmittance, is evaluated before
+// the current one is composited), so the latency of one splat's shared loads, quadratic form and exp
+// overlaps the previous splat's compositing. Torch-free.
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
 #include "rasterize/rasterize_split.h"
@@ -30,22 +30,6 @@ __device__ __forceinline__ bool pixel_alpha(const float4& xyo, const float3& con
   const bool near = !splat::sigma_far<float>(sigma, xyo.w);
   const bool kept = splat::sigma_alpha<float>(sigma, xyo.z, alpha, vis);
   return near & kept;
-}
-
-// One kept splat of the plain loop: if used, stop before it when it would take T to <= eps (returns
-// true), else blend it.
-template <int CH>
-__device__ __forceinline__ bool composite(bool use, float alpha, const float* col, int32_t id, float& T,
-                                          float (&acc)[CH], int32_t& last) {
-  const float next_T = T * (1.f - alpha);
-  if (!use) return false;
-  if (next_T <= splat::kTransmittanceEps) return true;
-  const float w = alpha * T;
-#pragma unroll
-  for (int q = 0; q < CH; ++q) acc[q] += col[q] * w;
-  last = id;
-  T = next_T;
-  return false;
 }
 
 // Blends the splats [start, end) of the tile into this thread's pixel, front to back, from the
@@ -79,22 +63,40 @@ __device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float*
       const int tl = c0 + lane;
       const bool hit = tl < cnt && warp_may_hit(s_xyo[tl], s_con[tl], rect);
       unsigned mask = __ballot_sync(kFullMask, hit);
-      // Set bits in order (front to back), two kept splats per step: both decisions (shared loads,
-      // quadratic form, exp; independent of T) are evaluated side by side, then the two are
-      // composited in order exactly as the plain loop would (stop before a splat that takes T to
-      // <= eps). Two independent chains per step halve the latency a warp waits per splat.
-      while (mask != 0u && !done) {
-        const int t1 = c0 + __ffs(mask) - 1;
+      if (mask != 0u && !done) {
+        // Set bits in order (front to back). t / alpha / use: the kept splat being composited and
+        // this pixel's decision for it; the next kept splat's decision is made first (it only reads
+        // shared memory), then the current one is blended as in the plain loop.
+        int t = c0 + __ffs(mask) - 1;
         mask &= mask - 1u;
-        const bool has2 = mask != 0u;
-        const int t2 = has2 ? c0 + __ffs(mask) - 1 : t1;  // t1: a valid index, result unused
-        mask &= mask - 1u;
-        float a1, a2;
-        const bool use1 = pixel_alpha(s_xyo[t1], s_con[t1], px, py, a1);
-        const bool use2 = pixel_alpha(s_xyo[t2], s_con[t2], px, py, a2) & has2;
-        if (composite<CH>(use1, a1, s_col + t1 * CH, bs + t1, T, acc, last) ||
-            composite<CH>(use2, a2, s_col + t2 * CH, bs + t2, T, acc, last))
-          done = true;
+        float alpha;
+        bool use = pixel_alpha(s_xyo[t], s_con[t], px, py, alpha);
+        for (;;) {
+          const bool more = mask != 0u;
+          const int tn = more ? c0 + __ffs(mask) - 1 : t;  // t: a valid index, result unused
+          mask &= mask - 1u;
+          float alpha_n;
+          const bool use_n = pixel_alpha(s_xyo[tn], s_con[tn], px, py, alpha_n) & more;
+          // Current splat, as the plain loop: if used, stop before it when it would take T to <= eps,
+          // else blend it. Written without branches so that it interleaves with the evaluation above.
+          const float next_T = T * (1.f - alpha);
+          const bool stop = use && next_T <= splat::kTransmittanceEps;
+          const float w = alpha * T;
+          if (use && !stop) {
+#pragma unroll
+            for (int q = 0; q < CH; ++q) acc[q] += s_col[t * CH + q] * w;
+            last = bs + t;
+            T = next_T;
+          }
+          if (stop) {
+            done = true;
+            break;
+          }
+          if (!more) break;
+          t = tn;
+          alpha = alpha_n;
+          use = use_n;
+        }
       }
     }
   }
