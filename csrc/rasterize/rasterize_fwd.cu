@@ -102,11 +102,10 @@ __device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float*
   }
 }
 
-// Register cap of the forward: what the blend loop needs (40 at CH <= 4, as before split tiles: six
-// blocks of 256 threads per SM). ptxas would otherwise give the rarely run merge of split tiles 24
-// more; under the cap the values it keeps across the loop spill around the loop, never inside it.
+// Register cap of the forward: what the single-block blend needs (ptxas otherwise gives the rarely run
+// merge of split tiles 16 more, which costs two blocks of 256 threads per SM on every tile).
 template <int CH>
-constexpr int kFwdMaxRegs = CH <= 4 ? 40 : CH <= 8 ? 56 : CH <= 16 ? 96 : 128;
+constexpr int kFwdMaxRegs = CH <= 4 ? 48 : CH <= 8 ? 56 : CH <= 16 ? 96 : 128;
 
 // Flag handshake between the chunks of a split tile (release / acquire at GPU scope).
 __device__ __forceinline__ int ld_acquire(const int32_t* p) {
