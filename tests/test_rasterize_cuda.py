@@ -163,7 +163,10 @@ def test_cuda_split_tiles_match_unsplit_and_reference(render_mode, D, batched, m
     ns = _split_plan(s)
     assert ns.numel() >= 2 and int(ns.max()) >= 3, ns  # the scene does split, into several chunks
     bg = _bg(s, render_mode)
-    _check_vs_ref(s, bg, skip_sensitive=True, render_mode=render_mode)
+    # RGB+ED: the expected-depth gradients of this scene are differences of near-equal terms (every
+    # depth is 3-4), and float32 lands 6e-5 to 1.4e-4 from float64 there, split or not (measured on
+    # the H200 with scripts/diag_split_grads.py: the same to two digits either way; RGB: ~1e-6)
+    _check_vs_ref(s, bg, skip_sensitive=True, gtol=1e-4 if render_mode == "RGB" else 3e-4, render_mode=render_mode)
     f = cast(s, torch.float32, "cuda")
     bgf = bg.float().cuda()
     split = run_with_grads(rasterize, f, bgf, render_mode=render_mode)
