@@ -173,8 +173,8 @@ def test_cuda_split_tiles_match_unsplit_and_reference(render_mode, D, batched, m
     monkeypatch.setenv("FFAVATAR_NO_SPLIT", "1")
     assert _split_plan(s).numel() == 0
     whole = run_with_grads(rasterize, f, bgf, render_mode=render_mode)
-    for a, b in zip(split[:2], whole[:2]):
-        assert (a - b).abs().max().item() < 1e-5
+    for a, b in zip(split[:2], whole[:2]):  # relative to the values: expected depths are 3-4 here
+        assert (a - b).abs().max().item() < 1e-5 * max(1.0, b.abs().max().item())
     same = (split[2]["last_ids"] == whole[2]["last_ids"]).float().mean().item()
     assert same >= 0.999, same  # a transmittance product rounded across the 1e-4 stop may move one
     for k, g in whole[3].items():
