@@ -115,17 +115,9 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>) render_bwd_kernel(const float2* __r
   int& s_maxlast = *reinterpret_cast<int*>(s_col + nt * CH);
 
   // work item -> (image m, tile, chunk k of nsplit), as in the forward
-  int64_t gt = blockIdx.x;
-  int k = 0, nsplit = 1, slot0 = 0;
-  if (sp.work) {
-    const int32_t w = sp.work[blockIdx.x];
-    if (w < 0) return;
-    gt = w / kMaxSplit;
-    k = w % kMaxSplit;
-    const int2 pl = reinterpret_cast<const int2*>(sp.plan)[gt];
-    nsplit = pl.x;
-    slot0 = pl.y;
-  }
+  int64_t gt;
+  int k, nsplit, slot0;
+  if (!split_item(sp, blockIdx.x, gt, k, nsplit, slot0)) return;
   const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
   const int64_t m = gt / tiles;
   const int tile = (int)(gt - m * tiles), ty = tile / d.tiles_x, tx = tile - ty * d.tiles_x;
@@ -139,9 +131,10 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>) render_bwd_kernel(const float2* __r
   // a chunk of a split tile starts from the T after it and the colour behind it (the forward's merge)
   const float* row = nullptr;
   if (nsplit > 1) {
-    const int32_t len = (end - start + nsplit - 1) / nsplit;
-    start = min(end, start + k * len);
-    end = min(end, start + len);
+    int32_t cs, ce;
+    chunk_range(start, end, k, nsplit, cs, ce);
+    start = cs;
+    end = ce;
     if (k < nsplit - 1) row = sp.slots + ((int64_t)(slot0 + k) * nt + tid) * sp.stride;
   }
   const int64_t cam = m % d.C, b = m / d.C;

@@ -102,8 +102,9 @@ __device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float*
   }
 }
 
-// Register cap of the forward: what the single-block blend needs (ptxas otherwise gives the rarely run
-// merge of split tiles 16 more, which costs two blocks of 256 threads per SM on every tile).
+// Register cap of the forward: what the blend loop needs (ptxas would give the rarely run merge of
+// split tiles 16 more, a block of 256 threads per SM less on every tile; under the cap, the values it
+// keeps across the loop spill around the loop, never inside it).
 template <int CH>
 constexpr int kFwdMaxRegs = CH <= 4 ? 48 : CH <= 8 ? 56 : CH <= 16 ? 96 : 128;
 
@@ -115,13 +116,6 @@ __device__ __forceinline__ int ld_acquire(const int32_t* p) {
 }
 __device__ __forceinline__ void st_release(int32_t* p, int v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
-
-// Chunk k of nsplit of the tile [start, end).
-__device__ __forceinline__ void chunk_range(int32_t start, int32_t end, int k, int nsplit, int32_t& cs, int32_t& ce) {
-  const int32_t len = (end - start + nsplit - 1) / nsplit;
-  cs = min(end, start + k * len);
-  ce = min(end, cs + len);
 }
 
 template <int CH>
@@ -139,17 +133,9 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>) render_fwd_kernel(const float2* __r
   int& s_flag = *reinterpret_cast<int*>(s_col + nt * CH);
 
   // work item -> (image m, tile, chunk k of nsplit)
-  int64_t gt = blockIdx.x;
-  int k = 0, nsplit = 1, slot0 = 0;
-  if (sp.work) {
-    const int32_t w = sp.work[blockIdx.x];
-    if (w < 0) return;
-    gt = w / kMaxSplit;
-    k = w % kMaxSplit;
-    const int2 pl = reinterpret_cast<const int2*>(sp.plan)[gt];
-    nsplit = pl.x;
-    slot0 = pl.y;
-  }
+  int64_t gt;
+  int k, nsplit, slot0;
+  if (!split_item(sp, blockIdx.x, gt, k, nsplit, slot0)) return;
   const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
   const int64_t m = gt / tiles;
   const int tile = (int)(gt - m * tiles), ty = tile / d.tiles_x, tx = tile - ty * d.tiles_x;

@@ -48,6 +48,35 @@ struct Split {
   int64_t pool = 0;    // slots
 };
 
+#if defined(__CUDACC__)
+// Work item of block b of a blending launch -> (image x tile gt, chunk k of nsplit, first slot).
+// false: nothing to do (past the plan's items).
+__device__ __forceinline__ bool split_item(const Split& sp, int64_t b, int64_t& gt, int& k, int& nsplit,
+                                           int& slot0) {
+  gt = b;
+  k = 0;
+  nsplit = 1;
+  slot0 = 0;
+  if (sp.work == nullptr) return true;
+  const int32_t w = sp.work[b];
+  if (w < 0) return false;
+  gt = w / kMaxSplit;
+  k = w % kMaxSplit;
+  const int2 pl = reinterpret_cast<const int2*>(sp.plan)[gt];
+  nsplit = pl.x;
+  slot0 = pl.y;
+  return true;
+}
+
+// Chunk k of nsplit of the tile's splats [start, end): [cs, ce).
+__device__ __forceinline__ void chunk_range(int32_t start, int32_t end, int k, int nsplit, int32_t& cs,
+                                            int32_t& ce) {
+  const int32_t len = (end - start + nsplit - 1) / nsplit;
+  cs = min(end, start + k * len);
+  ce = min(end, cs + len);
+}
+#endif
+
 // Blocks of a blending launch: one per tile, plus one per slot when split (work items past the
 // plan's end exit at once).
 inline int64_t split_blocks(const Dims& d, const Split& sp) {
