@@ -120,8 +120,8 @@ cudaError_t launch_zero4(float* const p[4], const int64_t n[4], cudaStream_t str
 cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
                               int64_t n_isects, const Dims& d, const Split& sp, const float* final_Ts,
-                              const int32_t* last_ids, const float* v_colors_out, const float* v_alphas_out, GradStrides gs,
-                              float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
+                              const int32_t* last_ids, const float* v_colors_out, const float* v_alphas_out,
+                              GradStrides gs, float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
                               cudaStream_t stream);
 #endif
 

@@ -7,7 +7,9 @@
 // add up).
 // Warp culling as in the forward (rasterize_warp.cuh): per 32 splats of a batch each lane tests one
 // against the warp's pixel rectangle, and only the ballot hits up to the warp's largest last id are
-// evaluated, reduced and added.
+// evaluated, reduced and added. A chunk of a split tile (rasterize_split.h) is its own block: it walks
+// its part of the list from the transmittance after it and the colour behind it, which the forward's
+// merge left in the split state.
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
 #include "rasterize/rasterize_split.h"
@@ -96,7 +98,8 @@ template <int CH>
 constexpr int kBwdMaxRegs = CH <= 3 ? 48 : CH == 4 ? 56 : 255;
 
 template <int CH>
-__global__ void __maxnreg__(kBwdMaxRegs<CH>) render_bwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
+__global__ void __maxnreg__(kBwdMaxRegs<CH>)
+    render_bwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
                                   const float* __restrict__ opac2d, const float* __restrict__ colors,
                                   const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
                                   const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,

@@ -119,7 +119,8 @@ __device__ __forceinline__ void st_release(int32_t* p, int v) {
 }
 
 template <int CH>
-__global__ void __maxnreg__(kFwdMaxRegs<CH>) render_fwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
+__global__ void __maxnreg__(kFwdMaxRegs<CH>)
+    render_fwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
                                   const float* __restrict__ opac2d, const float* __restrict__ colors,
                                   const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
                                   const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,
