@@ -117,20 +117,13 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>)
   // in the dynamic buffer too (no static shared memory): the launch's opt-in test sees all of it
   int& s_maxlast = *reinterpret_cast<int*>(s_col + nt * CH);
 
-  // work item -> (image m, tile, chunk k of nsplit), as in the forward
-  int64_t gt;
-  int k, nsplit, slot0;
-  if (!split_item(sp, blockIdx.x, gt, k, nsplit, slot0)) return;
-  const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
-  const int64_t m = gt / tiles;
-  const int tile = (int)(gt - m * tiles), ty = tile / d.tiles_x, tx = tile - ty * d.tiles_x;
-  const int tid = threadIdx.x, ts = d.tile_size, lane = tid & 31;
-  int li, lj;
-  tile_pixel(tid, ts, li, lj);
-  const int i = ty * ts + li, j = tx * ts + lj;
-  const bool inside = li < ts && i < d.H && j < d.W;
-  int32_t start = tile_offsets[gt];
-  int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1] : n_isects;
+  BlockTile bt;
+  if (!block_tile(sp, d, tile_offsets, n_isects, bt)) return;
+  const int64_t m = bt.m;
+  const int k = bt.k, nsplit = bt.nsplit, slot0 = bt.slot0, i = bt.i, j = bt.j;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const bool inside = bt.inside;
+  int32_t start = bt.start, end = bt.end;
   // a chunk of a split tile starts from the T after it and the colour behind it (the forward's merge)
   const float* row = nullptr;
   if (nsplit > 1) {

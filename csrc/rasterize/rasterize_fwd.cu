@@ -133,20 +133,12 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
   float* s_col = reinterpret_cast<float*>(s_con + nt);  // [nt, CH], zero past nch
   int& s_flag = *reinterpret_cast<int*>(s_col + nt * CH);
 
-  // work item -> (image m, tile, chunk k of nsplit)
-  int64_t gt;
-  int k, nsplit, slot0;
-  if (!split_item(sp, blockIdx.x, gt, k, nsplit, slot0)) return;
-  const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
-  const int64_t m = gt / tiles;
-  const int tile = (int)(gt - m * tiles), ty = tile / d.tiles_x, tx = tile - ty * d.tiles_x;
-  const int tid = threadIdx.x, ts = d.tile_size;
-  int li, lj;
-  tile_pixel(tid, ts, li, lj);
-  const int i = ty * ts + li, j = tx * ts + lj;
-  const bool inside = li < ts && i < d.H && j < d.W;
-  const int32_t start = tile_offsets[gt];
-  const int32_t end = gt + 1 < d.B * d.C * tiles ? tile_offsets[gt + 1] : n_isects;
+  BlockTile bt;
+  if (!block_tile(sp, d, tile_offsets, n_isects, bt)) return;
+  const int64_t m = bt.m;
+  const int k = bt.k, nsplit = bt.nsplit, slot0 = bt.slot0, i = bt.i, j = bt.j, tid = threadIdx.x;
+  const bool inside = bt.inside;
+  const int32_t start = bt.start, end = bt.end;
   const int64_t cam = m % d.C, b = m / d.C;
   const int64_t color_base = (b * d.Cc + (d.Cc == 1 ? 0 : cam)) * d.N;
   const int64_t img_base = m * d.N;

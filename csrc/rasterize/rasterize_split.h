@@ -31,6 +31,9 @@
 #include <stdint.h>
 
 #include "rasterize/rasterize.h"
+#if defined(__CUDACC__)
+#include "rasterize/rasterize_warp.cuh"
+#endif
 
 namespace ffa {
 namespace rasterize {
@@ -65,6 +68,33 @@ __device__ __forceinline__ bool split_item(const Split& sp, int64_t b, int64_t& 
   const int2 pl = reinterpret_cast<const int2*>(sp.plan)[gt];
   nsplit = pl.x;
   slot0 = pl.y;
+  return true;
+}
+
+// What a block of either blending kernel works on: work item -> image m, tile, chunk k of nsplit
+// (first slot slot0), the tile's splats [start, end), and this thread's pixel (i, j).
+struct BlockTile {
+  int64_t gt, m;
+  int k, nsplit, slot0;
+  int i, j;
+  bool inside;
+  int32_t start, end;
+};
+
+// false: the block has nothing to do (past the plan's work items).
+__device__ __forceinline__ bool block_tile(const Split& sp, const Dims& d, const int32_t* tile_offsets,
+                                           int32_t n_isects, BlockTile& t) {
+  if (!split_item(sp, blockIdx.x, t.gt, t.k, t.nsplit, t.slot0)) return false;
+  const int64_t tiles = (int64_t)d.tiles_x * d.tiles_y;
+  t.m = t.gt / tiles;
+  const int tile = (int)(t.gt - t.m * tiles), ty = tile / d.tiles_x, tx = tile - ty * d.tiles_x;
+  int li, lj;
+  tile_pixel(threadIdx.x, d.tile_size, li, lj);
+  t.i = ty * d.tile_size + li;
+  t.j = tx * d.tile_size + lj;
+  t.inside = li < d.tile_size && t.i < d.H && t.j < d.W;
+  t.start = tile_offsets[t.gt];
+  t.end = t.gt + 1 < d.B * d.C * tiles ? tile_offsets[t.gt + 1] : n_isects;
   return true;
 }
 
