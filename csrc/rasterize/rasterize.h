@@ -14,7 +14,7 @@
 //     -> v_means, v_quats, v_scales, v_opacities   (summed over cameras, no atomics)
 //   rasterize_bin(means2d, radii, depths, conics, opacities2d, tiles_per_gauss, width, height,
 //                 tile_size) -> tile_offsets [B,C,TH,TW] i32, flatten_ids [n_isects] i32
-//     (intersections sorted by image, tile, depth; flatten id = m*N + n)
+//     (intersections sorted by image, tile, depth, then flatten id = m*N + n)
 //   rasterize_render(means2d, conics, opacities2d, colors [B,Cc,N,D] (Cc = 1 or C),
 //                    backgrounds [B,C,D]?, tile_offsets, flatten_ids, width, height, tile_size)
 //     -> render_colors [B,C,H,W,D], render_alphas [B,C,H,W,1], last_ids [B,C,H,W] i32 (-1: none),
@@ -71,40 +71,46 @@ cudaError_t launch_project_bwd(const float* means, const float* quats, const flo
                                float* v_means, float* v_quats, float* v_scales, float* v_opacities,
                                cudaStream_t stream);
 
-// Binning. Step 1: inclusive scan of tiles_per_gauss into offsets (int32, M*N entries; the last is
-// the intersection count).
+// Binning (rasterize_bin.cu; sizes over the M*N pairs). Step 1: depth keys keys[i] = the bits of
+// depths[i] and ids[i] = i, keys / ids [n].
+cudaError_t launch_depth_keys(const float* depths, int64_t n, uint32_t* keys, int32_t* ids, cudaStream_t stream);
+// Steps 2 and 5: radix sort of (key, value) pairs on bits [0, end_bit) with CUB double buffers
+// (keys/values hold the input; *result_in_alt tells whether the sorted pairs are in keys_alt /
+// values_alt). Stable. keys, keys_alt, values, values_alt [n]. Step 2 sorts the pairs by depth (all 32
+// bits), step 5 the intersections by image and tile.
 // temp == nullptr: writes the needed temp bytes into *temp_bytes and returns.
-cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* counts, int32_t* offsets,
-                               int64_t n, cudaStream_t stream);
-// Step 2: emit keys (image | tile | depth bits) and values (flatten ids) of every intersection:
-// means2d [M*N,2], radii [M*N,2] i32, depths [M*N], conics [M*N,3], opac2d [M*N], offsets [M*N] i32
-// (step 1's inclusive scan), counts [M*N] i32 (tiles_per_gauss) -> keys, values [capacity]. Writes
-// only slots k in [0, capacity): intersection k goes to slot k (k < the count, the last offset);
-// capacity may be below the count (a speculative buffer; the rest is not emitted) or above it (the
-// slots past the count are left as they are).
-cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* depths, const float* conics,
-                             const float* opac2d, const int32_t* offsets, const int32_t* counts, const Dims& d,
-                             int64_t* keys, int32_t* values, int64_t capacity, cudaStream_t stream);
-// Step 3: radix sort of (key, value) pairs on bits [0, end_bit) with CUB double buffers (keys/values
-// hold the input; *result_in_alt tells whether the sorted pairs are in keys_alt/values_alt). Keys
-// compare as unsigned, and the sort is stable. keys, keys_alt [n] (int64 bits), values, values_alt [n].
-// temp == nullptr: writes the needed temp bytes into *temp_bytes and returns.
-cudaError_t launch_sort_pairs(void* temp, size_t* temp_bytes, int64_t* keys, int64_t* keys_alt, int32_t* values,
+cudaError_t launch_sort_pairs(void* temp, size_t* temp_bytes, uint32_t* keys, uint32_t* keys_alt, int32_t* values,
                               int32_t* values_alt, int64_t n, int end_bit, bool* result_in_alt,
                               cudaStream_t stream);
-// Step 4: tile offsets [M*T] i32 (every entry written) from the first n sorted keys, sorted_keys
+// Step 3: inclusive scan of the tile counts in depth order, offsets[s] = sum of counts[order[t]] for
+// t <= s: counts [M*N] i32 (tiles_per_gauss), order [M*N] i32 (step 2's sorted ids), offsets [M*N]
+// i32 (the last is the intersection count).
+// temp == nullptr: writes the needed temp bytes into *temp_bytes and returns.
+cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* counts, const int32_t* order,
+                               int32_t* offsets, int64_t n, cudaStream_t stream);
+// Step 4: emit keys (image << tile_bits | tile) and values (flatten ids) of every intersection, the
+// pairs in depth order: means2d [M*N,2], radii [M*N,2] i32, conics [M*N,3], opac2d [M*N], order and
+// offsets [M*N] i32 (steps 2 and 3) -> keys, values [capacity]. Writes only slots k in [0, capacity):
+// intersection k goes to slot k (k < the count, the last offset); capacity may be below the count (a
+// speculative buffer; the rest is not emitted) or above it (the slots past the count are left as
+// they are).
+cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
+                             const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,
+                             int32_t* values, int64_t capacity, cudaStream_t stream);
+// Step 6: tile offsets [M*T] i32 (every entry written) from the first n sorted keys, sorted_keys
 // [n_isects]. n_isects_dev == nullptr: n = n_isects (> 0; 0 launches nothing). Otherwise n is read on
 // the device, n = clamp(*n_isects_dev, 0, n_isects) (n_isects is then the buffer's capacity; a
 // count above it gives offsets of the first n_isects keys only), and n == 0 writes all zeros.
-cudaError_t launch_tile_offsets(const int64_t* sorted_keys, int64_t n_isects, const int32_t* n_isects_dev,
+cudaError_t launch_tile_offsets(const uint32_t* sorted_keys, int64_t n_isects, const int32_t* n_isects_dev,
                                 const Dims& d, int32_t* tile_offsets, cudaStream_t stream);
 
 // Rendering (one block per tile, or per chunk of a split tile: rasterize_split.h).
 struct Split;
 // Step 0: the split plan (rasterize_split.cu) into state [split_state_words(G, pool, nt, D)] int32,
-// from the tile offsets of the G = images x tiles tiles; split_view gives the kernels' view of it.
-cudaError_t launch_split_plan(const int32_t* tile_offsets, int64_t G, int64_t n_isects, int64_t pool,
-                              int32_t* state, cudaStream_t stream);
+// from the tile offsets of the G = images x tiles tiles (pool: a multiple of images, split_pool);
+// split_view gives the kernels' view of it.
+cudaError_t launch_split_plan(const int32_t* tile_offsets, int64_t G, int64_t images, int64_t n_isects,
+                              int64_t pool, int32_t* state, cudaStream_t stream);
 Split split_view(int32_t* state, int64_t G, int64_t pool, int64_t D);
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,

@@ -155,45 +155,69 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   const int64_t MN = d.B * d.C * d.N, TP = (int64_t)d.tiles_x * d.tiles_y;
   at::Tensor tile_offsets = at::empty(s.shape({d.C, d.tiles_y, d.tiles_x}), io);
   if (MN == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
-  const int end_bit = 32 + bit_width(TP) + bit_width(d.B * d.C);
-  FFA_CHECK(end_bit <= 64, "rasterize: images x tiles too large for 64-bit keys");
-  // Inclusive scan of the counts (offsets and CUB's temp storage: one allocation); the last offset is
-  // the count.
+  const int end_bit = bit_width(TP) + bit_width(d.B * d.C);
+  FFA_CHECK(end_bit <= 32, "rasterize: images x tiles too large for 32-bit keys");
+  // 1-2. The pairs in depth order (a fixed size: in a steady loop the sort replays as a graph). Keys,
+  // their double buffer and the sort's temp storage: one allocation, freed after the sort; the ids:
+  // two (the sorted one is kept for the emit).
+  at::Tensor order;
+  {
+    size_t sort_bytes = 0;
+    FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &sort_bytes, nullptr, nullptr, nullptr, nullptr, MN, 32, nullptr,
+                                     stream),
+                   "rasterize depth sort (size)");
+    const size_t key_bytes = align_up((size_t)MN * sizeof(uint32_t));
+    at::Tensor kbuf = at::empty({(int64_t)(2 * key_bytes + sort_bytes + 1)}, bo);
+    char* kp = static_cast<char*>(kbuf.data_ptr());
+    uint32_t* keys = reinterpret_cast<uint32_t*>(kp);
+    uint32_t* keys_alt = reinterpret_cast<uint32_t*>(kp + key_bytes);
+    at::Tensor ids = at::empty({MN}, io), ids_alt = at::empty({MN}, io);
+    FFA_CHECK_CUDA(launch_depth_keys(depths.data_ptr<float>(), MN, keys, ids.data_ptr<int32_t>(), stream),
+                   "rasterize depth_keys kernel");
+    bool in_alt = false;
+    FFA_CHECK_CUDA(sort_pairs_cached(kp + 2 * key_bytes, sort_bytes, keys, keys_alt, ids.data_ptr<int32_t>(),
+                                     ids_alt.data_ptr<int32_t>(), MN, 32, &in_alt, means2d.get_device(), stream),
+                   "rasterize depth sort");
+    order = in_alt ? ids_alt : ids;
+  }
+  // 3. Inclusive scan of the counts in depth order (offsets and CUB's temp storage: one allocation);
+  // the last offset is the count.
   size_t scan_bytes = 0;
-  FFA_CHECK_CUDA(launch_scan_counts(nullptr, &scan_bytes, tiles.data_ptr<int32_t>(), nullptr, MN, stream),
+  FFA_CHECK_CUDA(launch_scan_counts(nullptr, &scan_bytes, tiles.data_ptr<int32_t>(), order.data_ptr<int32_t>(),
+                                    nullptr, MN, stream),
                  "rasterize scan (size)");
   const size_t off_bytes = align_up((size_t)MN * sizeof(int32_t));
   at::Tensor obuf = at::empty({(int64_t)(off_bytes + scan_bytes + 1)}, bo);
   int32_t* offsets = static_cast<int32_t*>(obuf.data_ptr());
   FFA_CHECK_CUDA(launch_scan_counts(static_cast<char*>(obuf.data_ptr()) + off_bytes, &scan_bytes,
-                                    tiles.data_ptr<int32_t>(), offsets, MN, stream),
+                                    tiles.data_ptr<int32_t>(), order.data_ptr<int32_t>(), offsets, MN, stream),
                  "rasterize scan");
   const int32_t* count_dev = offsets + (MN - 1);
 
-  // Emit keys, sort, tile offsets for `cap` key slots; returns the values buffer holding the sorted
-  // flatten ids (entries [0, min(count, cap)) are meaningful). Keys, their double buffer and the
-  // sort's temp storage: one allocation; the values: two (the sorted ones are returned; everything
+  // 4-6. Emit keys, sort, tile offsets for `cap` key slots; returns the values buffer holding the
+  // sorted flatten ids (entries [0, min(count, cap)) are meaningful). Keys, their double buffer and
+  // the sort's temp storage: one allocation; the values: two (the sorted ones are returned; everything
   // else is freed on return, before the render allocates). speculative == false: cap is the count
   // (every slot is emitted). speculative: cap is a guess; the slots past the count hold sentinel keys
-  // (all ones in bits [0, end_bit), sorted after every emitted key: an emitted key's low 32 bits are
-  // a depth, never all ones, and ties would keep them first anyway, the sort being stable), the emit
-  // writes below cap only, and the offsets kernel reads the count on the device (min(count, cap)).
+  // (all ones in bits [0, end_bit), sorted after every emitted key: the sort is stable, so even an
+  // emitted key of the last tile of the last image, equal to it in those bits, stays in front), the
+  // emit writes below cap only, and the offsets kernel reads the count on the device (min(count, cap)).
   auto emit_sort_offsets = [&](int64_t cap, bool speculative) {
     size_t sort_bytes = 0;
     FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &sort_bytes, nullptr, nullptr, nullptr, nullptr, cap, end_bit,
                                      nullptr, stream),
                    "rasterize sort (size)");
-    const size_t key_bytes = align_up((size_t)cap * sizeof(int64_t));
+    const size_t key_bytes = align_up((size_t)cap * sizeof(uint32_t));
     at::Tensor kbuf = at::empty({(int64_t)(2 * key_bytes + sort_bytes + 1)}, bo);
     char* kp = static_cast<char*>(kbuf.data_ptr());
-    int64_t* keys = reinterpret_cast<int64_t*>(kp);
-    int64_t* keys_alt = reinterpret_cast<int64_t*>(kp + key_bytes);
+    uint32_t* keys = reinterpret_cast<uint32_t*>(kp);
+    uint32_t* keys_alt = reinterpret_cast<uint32_t*>(kp + key_bytes);
     at::Tensor vals = at::empty({cap}, io), vals_alt = at::empty({cap}, io);
     if (speculative)
-      FFA_CHECK_CUDA(cudaMemsetAsync(keys, 0xFF, (size_t)cap * sizeof(int64_t), stream), "rasterize bin memset");
-    FFA_CHECK_CUDA(launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), depths.data_ptr<float>(),
-                                    conics.data_ptr<float>(), opac2d.data_ptr<float>(), offsets,
-                                    tiles.data_ptr<int32_t>(), d, keys, vals.data_ptr<int32_t>(), cap, stream),
+      FFA_CHECK_CUDA(cudaMemsetAsync(keys, 0xFF, (size_t)cap * sizeof(uint32_t), stream), "rasterize bin memset");
+    FFA_CHECK_CUDA(launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
+                                    opac2d.data_ptr<float>(), order.data_ptr<int32_t>(), offsets, d, keys,
+                                    vals.data_ptr<int32_t>(), cap, stream),
                    "rasterize emit_keys kernel");
     bool in_alt = false;
     // a speculative capacity repeats call after call in a steady loop: the sort replays as a graph
@@ -266,8 +290,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cu
   const int64_t nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
   at::Tensor state = at::empty({pool > 0 ? split_state_words(G, pool, nt, d.D) : 0}, fo.dtype(at::kInt));
   if (pool > 0)
-    FFA_CHECK_CUDA(launch_split_plan(tile_offsets.data_ptr<int32_t>(), G, n_isects, pool, state.data_ptr<int32_t>(),
-                                     stream),
+    FFA_CHECK_CUDA(launch_split_plan(tile_offsets.data_ptr<int32_t>(), G, d.B * d.C, n_isects, pool,
+                                     state.data_ptr<int32_t>(), stream),
                    "rasterize split plan kernel");
   const Split sp = split_view(pool > 0 ? state.data_ptr<int32_t>() : nullptr, G, pool, d.D);
   FFA_CHECK_CUDA(launch_render_fwd(means2d.data_ptr<float>(), conics.data_ptr<float>(), opac2d.data_ptr<float>(),

@@ -12,13 +12,14 @@
 // behind every chunk. Inexact only in rounding (products of T's; a pixel whose product rounds across
 // the threshold is finished there even if the exact walk would not stop: what it loses is < 1e-4).
 //
-// Which tiles: nsplit = min(kMaxSplit, ceil(count / kSplitChunk)); a pool of slots (one per extra
-// chunk) is shared by the images of a call, and the heaviest tiles get it first (a histogram of the
-// counts picks the threshold). Tiles below it, and every tile when the pool is empty, run unsplit.
+// Which tiles: nsplit = min(kMaxSplit, ceil(count / kSplitChunk)); each image of a call has the same
+// share of a pool of slots (one per extra chunk), and its heaviest tiles get it first (a histogram of
+// the counts picks the threshold). Tiles below it, and every tile when the pool is empty, run unsplit.
 //
 // State (one int32 tensor, `split_state`, built by the render forward and read by its backward):
 //   plan     [G] int2: (nsplit, first slot) per (image, tile), G = images x tiles
-//   work     [G + pool] int32: gt * kMaxSplit + chunk, in tile order; -1 past the end
+//   work     [G + pool] int32: per image m, a segment of T + P items (T tiles per image, P = pool /
+//            images slots per image): gt * kMaxSplit + chunk, in tile order; -1 past its end
 //   counters [2, pool] int32: per slot, "T behind chunk j published" flags, then per split tile (at
 //            its first slot) the arrivals of its blocks; all reset by the merging block
 //   slots    [pool, nt, D + 2] float: slot s + j of a tile holds, per pixel: word 0, the T behind
@@ -118,13 +119,13 @@ inline int64_t split_state_words(int64_t G, int64_t pool, int64_t nt, int64_t D)
   return 3 * G + 3 * pool + pool * nt * (D + 2);
 }
 
-// Slots of a render call: one per kSplitChunk intersections (the most a call can use), at most
-// kSlotsPerImage per image; 0 (no split) when the work items cannot be packed in an int32.
+// Slots of a render call: per image, one per kSplitChunk intersections of an average image (the most
+// it can use), at most kSlotsPerImage; 0 (no split) when the work items cannot be packed in an int32.
+// A multiple of the images (each image plans its share).
 inline int64_t split_pool(int64_t G, int64_t images, int64_t n_isects) {
-  if (G <= 0 || G >= (int64_t(1) << 27)) return 0;
-  const int64_t need = n_isects / kSplitChunk;
-  const int64_t cap = kSlotsPerImage * images;
-  return need < cap ? need : cap;
+  if (G <= 0 || images <= 0 || G >= (int64_t(1) << 27)) return 0;
+  const int64_t need = n_isects / (kSplitChunk * images);
+  return images * (need < kSlotsPerImage ? need : kSlotsPerImage);
 }
 
 }  // namespace rasterize

@@ -1,4 +1,4 @@
-// sort_pairs_cached (sort_graph.h): CUB's radix sort of the bin as a cached CUDA graph.
+// sort_pairs_cached (sort_graph.h): CUB's radix sorts of the bin as cached CUDA graphs.
 #include "rasterize/sort_graph.h"
 
 #include <c10/cuda/CUDAMacros.h>
@@ -41,7 +41,8 @@ constexpr int kMaxDevices = C10_COMPILE_TIME_MAX_GPUS;  // as the bin's per-devi
 struct SortGraphCache {
   std::mutex mu;
   std::vector<SortGraph> graphs;
-  SortKey last_miss[kMaxDevices];           // per device: the last uncached call
+  SortKey misses[kMaxGraphs];               // the last uncached calls (a ring)
+  size_t next_miss = 0;
   uint64_t clock = 0;
   bool broken = false;                      // a capture failed: direct launches from now on
   cudaStream_t capture_stream[kMaxDevices] = {};  // per device, created on first capture
@@ -58,7 +59,7 @@ bool graphs_off() {
 }
 
 // Capture the sort on the device's side stream; nullptr when anything fails (errors cleared).
-cudaGraphExec_t capture(SortGraphCache& c, void* temp, size_t temp_bytes, int64_t* keys, int64_t* keys_alt,
+cudaGraphExec_t capture(SortGraphCache& c, void* temp, size_t temp_bytes, uint32_t* keys, uint32_t* keys_alt,
                         int32_t* values, int32_t* values_alt, int64_t n, int end_bit, bool* in_alt, int device) {
   if (device < 0 || device >= kMaxDevices) return nullptr;
   cudaStream_t& side = c.capture_stream[device];
@@ -87,7 +88,7 @@ cudaGraphExec_t capture(SortGraphCache& c, void* temp, size_t temp_bytes, int64_
 
 }  // namespace
 
-cudaError_t sort_pairs_cached(void* temp, size_t temp_bytes, int64_t* keys, int64_t* keys_alt, int32_t* values,
+cudaError_t sort_pairs_cached(void* temp, size_t temp_bytes, uint32_t* keys, uint32_t* keys_alt, int32_t* values,
                               int32_t* values_alt, int64_t n, int end_bit, bool* result_in_alt, int device,
                               cudaStream_t stream) {
   auto direct = [&]() {
@@ -113,8 +114,12 @@ cudaError_t sort_pairs_cached(void* temp, size_t temp_bytes, int64_t* keys, int6
       return cudaGraphLaunch(g.exec, stream);
     }
   }
-  if (!(c.last_miss[device] == key)) {  // first sight of this call: launch directly, remember it
-    c.last_miss[device] = key;
+  SortKey* seen = nullptr;
+  for (SortKey& k : c.misses)
+    if (k == key) seen = &k;
+  if (seen == nullptr) {  // first sight of this call: launch directly, remember it
+    c.misses[c.next_miss] = key;
+    c.next_miss = (c.next_miss + 1) % kMaxGraphs;
     return direct();
   }
   SortGraph g;
@@ -135,7 +140,7 @@ cudaError_t sort_pairs_cached(void* temp, size_t temp_bytes, int64_t* keys, int6
   }
   g.used = ++c.clock;
   c.graphs.push_back(g);
-  c.last_miss[device] = SortKey();
+  *seen = SortKey();
   if (result_in_alt) *result_in_alt = g.in_alt;
   return cudaGraphLaunch(g.exec, stream);
 }

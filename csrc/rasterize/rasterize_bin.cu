@@ -1,0 +1,155 @@
+// CUDA kernels of the bin (rasterize.h, steps 1-5): the (image, Gaussian) pairs sorted by depth, the
+// tile counts scanned in that order, one 32-bit (image | tile) key per intersection emitted in depth
+// order, a stable radix sort of those keys, tile offsets. Torch-free: raw pointers, sizes, a stream.
+//
+// Why two sorts: sorting 64-bit (image | tile | depth) keys costs 6 radix passes over every
+// intersection (~2.4 per pair). Sorting the pairs by their 32 depth bits is 4 passes over the pairs,
+// and the stable sort of the intersections on the image and tile bits (<= 16 bits here) 2 passes over
+// 32-bit keys. The order is the same: by image, tile, depth, and on equal depth bits by flatten id
+// (the depth sort is stable over the pairs in id order, and the tile sort keeps that order).
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+#include <thrust/iterator/permutation_iterator.h>
+
+#include "common/splat_math.h"
+#include "rasterize/rasterize.h"
+
+namespace ffa {
+namespace rasterize {
+namespace {
+
+using splat::Projected;
+
+constexpr int kThreads = 256;
+
+inline unsigned blocks_for(int64_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
+
+// keys[i] = the bits of depths[i] (positive floats order as their bits; a culled pair's key is
+// whatever its depth holds: it has no tiles, so where it lands does not matter), ids[i] = i.
+__global__ void depth_keys_kernel(const float* __restrict__ depths, int64_t n, uint32_t* __restrict__ keys,
+                                  int32_t* __restrict__ ids) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  keys[i] = __float_as_uint(depths[i]);
+  ids[i] = (int32_t)i;
+}
+
+// Thread per pair in depth order: the pair's tiles (the same tight test as the count, bit for bit:
+// no FMA contraction) as keys (image << tile_bits | tile) at its slots of the scan.
+__global__ void emit_keys_kernel(const float* __restrict__ means2d, const int32_t* __restrict__ radii,
+                                 const float* __restrict__ conics, const float* __restrict__ opac2d,
+                                 const int32_t* __restrict__ order, const int32_t* __restrict__ offsets, Dims d,
+                                 int tile_bits, uint32_t* __restrict__ keys, int32_t* __restrict__ values,
+                                 int64_t capacity) {
+  const int64_t s = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (s >= d.B * d.C * d.N) return;
+  const int64_t k_end = offsets[s];  // inclusive scan in depth order
+  int64_t k = s > 0 ? (int64_t)offsets[s - 1] : 0;
+  if (k == k_end) return;  // no tiles (culled pairs among them)
+  const int32_t i = order[s];
+  const int2 r = reinterpret_cast<const int2*>(radii)[i];
+  Projected<float> p;
+  p.valid = true;
+  const float2 mm = reinterpret_cast<const float2*>(means2d)[i];
+  p.mean2d[0] = mm.x;
+  p.mean2d[1] = mm.y;
+  p.radius[0] = r.x;
+  p.radius[1] = r.y;
+  const float* c = conics + 3 * (int64_t)i;
+  p.conic[0] = c[0];
+  p.conic[1] = c[1];
+  p.conic[2] = c[2];
+  p.opacity = opac2d[i];
+  const uint32_t hi = (uint32_t)(i / d.N) << tile_bits;
+  // Slots [0, capacity) only: a speculative capacity may be below the count, and an int32 overflow of
+  // the scan (caught on the host after this kernel is queued) may make k negative.
+  const int64_t k_lim = k_end < capacity ? k_end : capacity;
+  splat::for_each_tile(p, d.tile_size, d.tiles_x, d.tiles_y, d.W, d.H, [&](int t) {
+    if (k >= 0 && k < k_lim) {
+      keys[k] = hi | (uint32_t)t;
+      values[k] = i;
+    }
+    ++k;
+  });
+}
+
+// n = n_max, or (n_dev != nullptr) the count read on the device, clamped to [0, n_max]: then the grid
+// covers n_max threads and n == 0 zero-fills every offset.
+__global__ void tile_offsets_kernel(const uint32_t* __restrict__ keys, int64_t n_max,
+                                    const int32_t* __restrict__ n_dev, int tile_bits, int64_t tiles_per_image,
+                                    int64_t total_tiles, int32_t* __restrict__ offsets) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  int64_t n = n_max;
+  if (n_dev != nullptr) {
+    const int64_t c = *n_dev;
+    n = c < 0 ? 0 : c < n_max ? c : n_max;
+  }
+  if (n == 0) {
+    for (int64_t t = idx; t < total_tiles; t += (int64_t)gridDim.x * blockDim.x) offsets[t] = 0;
+    return;
+  }
+  if (idx >= n) return;
+  // (clamped to the last tile: an emitted key never needs it, but a slot the emit did not write, e.g.
+  // a sentinel, keeps every write in bounds)
+  auto global_tile = [&](uint32_t key) {
+    const int64_t t = (int64_t)(key >> tile_bits) * tiles_per_image + (key & ((1u << tile_bits) - 1u));
+    return t < total_tiles ? t : total_tiles - 1;
+  };
+  const int64_t cur = global_tile(keys[idx]);
+  if (idx == 0)
+    for (int64_t t = 0; t <= cur; ++t) offsets[t] = 0;
+  else {
+    const int64_t prev = global_tile(keys[idx - 1]);
+    for (int64_t t = prev + 1; t <= cur; ++t) offsets[t] = (int32_t)idx;
+  }
+  if (idx == n - 1)
+    for (int64_t t = cur + 1; t < total_tiles; ++t) offsets[t] = (int32_t)n;
+}
+
+}  // namespace
+
+cudaError_t launch_depth_keys(const float* depths, int64_t n, uint32_t* keys, int32_t* ids, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  depth_keys_kernel<<<blocks_for(n), kThreads, 0, stream>>>(depths, n, keys, ids);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_sort_pairs(void* temp, size_t* temp_bytes, uint32_t* keys, uint32_t* keys_alt, int32_t* values,
+                              int32_t* values_alt, int64_t n, int end_bit, bool* result_in_alt,
+                              cudaStream_t stream) {
+  cub::DoubleBuffer<uint32_t> k(keys, keys_alt);
+  cub::DoubleBuffer<int32_t> v(values, values_alt);
+  cudaError_t err = cub::DeviceRadixSort::SortPairs(temp, *temp_bytes, k, v, (int)n, 0, end_bit, stream);
+  if (result_in_alt) *result_in_alt = k.selector == 1;
+  return err;
+}
+
+cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* counts, const int32_t* order,
+                               int32_t* offsets, int64_t n, cudaStream_t stream) {
+  // counts[order[s]] for s = 0, 1, ...: the gather is read by the scan itself
+  auto in = thrust::make_permutation_iterator(counts, order);
+  return cub::DeviceScan::InclusiveSum(temp, *temp_bytes, in, offsets, (int)n, stream);
+}
+
+cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
+                             const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,
+                             int32_t* values, int64_t capacity, cudaStream_t stream) {
+  const int64_t n = d.B * d.C * d.N;
+  if (n == 0) return cudaSuccess;
+  const int tile_bits = bit_width((int64_t)d.tiles_x * d.tiles_y);
+  emit_keys_kernel<<<blocks_for(n), kThreads, 0, stream>>>(means2d, radii, conics, opac2d, order, offsets, d,
+                                                            tile_bits, keys, values, capacity);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_tile_offsets(const uint32_t* sorted_keys, int64_t n_isects, const int32_t* n_isects_dev,
+                                const Dims& d, int32_t* tile_offsets, cudaStream_t stream) {
+  if (n_isects == 0) return cudaSuccess;  // the glue zero-fills
+  const int64_t tp = (int64_t)d.tiles_x * d.tiles_y;
+  tile_offsets_kernel<<<blocks_for(n_isects), kThreads, 0, stream>>>(sorted_keys, n_isects, n_isects_dev,
+                                                                      bit_width(tp), tp, d.B * d.C * tp, tile_offsets);
+  return cudaGetLastError();
+}
+
+}  // namespace rasterize
+}  // namespace ffa
