@@ -2,12 +2,13 @@
 // in shared-memory batches, each thread blends its pixel front to back, and the block stops when
 // every pixel is saturated. Each warp covers a compact pixel block and, per 32 splats of a batch,
 // tests one splat per lane against its pixel rectangle (rasterize_warp.cuh), then blends only the
-// hits (ballot bits, in depth order). Channels are processed CH at a time in registers (several launches when
-// D > 32: each recomputes alpha, outputs are identical); a batch's CH colour values per splat are staged
-// in shared memory with its geometry. The loop over a warp's kept splats is software-pipelined by one
-// (the alpha of the next kept splat, which does not depend on the transmittance, is evaluated before
-// the current one is composited), so the latency of one splat's shared loads, quadratic form and exp
-// overlaps the previous splat's compositing. Torch-free.
+// hits (ballot bits, in depth order). Channels are processed CH at a time in registers (several
+// launches when D > 32: each recomputes alpha, outputs are identical). A batch's splats are staged in
+// shared memory as one record each (geometry and CH colour values in whole float4s: one address and
+// a few 128-bit broadcast loads per splat). The loop over a warp's kept splats is software-pipelined
+// by one (the alpha of the next kept splat, which does not depend on the transmittance, is evaluated
+// before the current one is composited), so the latency of one splat's shared loads, quadratic form
+// and exp overlaps the previous splat's compositing. Torch-free.
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
 #include "rasterize/rasterize_split.h"
@@ -17,31 +18,41 @@ namespace ffa {
 namespace rasterize {
 namespace {
 
-// gsplat's per-pixel decision for one splat at pixel centre (px, py): the cheap cutoff pre-test and
-// the exact test share one evaluation of sigma (splat_sigma), exactly the floats splat_far and
-// splat_alpha compute. true: blend with alpha; false: skip (alpha is then unused). Both tests are
-// always evaluated (no short circuit: the exp of a far splat is computed and ignored), so the code
-// has no branch and the next splat's evaluation can be interleaved with the current compositing.
-__device__ __forceinline__ bool pixel_alpha(const float4& xyo, const float3& con, float px, float py,
+// Shared-memory record of one staged splat, RecF4<CH> float4s: (x, y, opacity, sigma cutoff),
+// (conic a, b, c, colour 0), then colours 1.. (zero past nch). One address per splat, and 128-bit
+// loads (all lanes read the same record: a broadcast, no bank conflicts).
+template <int CH>
+constexpr int RecF4 = (7 + CH + 3) / 4;
+
+template <int CH>
+__device__ __forceinline__ float rec_color(const float4* r, int q) {
+  return reinterpret_cast<const float*>(r)[7 + q];
+}
+
+// gsplat's per-pixel decision for one splat at pixel centre (px, py): true: blend with alpha;
+// false: skip (alpha is then unused). The floats and the decision of splat_alpha (sigma_alpha), with
+// the exp evaluated whatever sigma's sign (the result is not used when sigma < 0), so the code has no
+// branch and the next splat's evaluation can be interleaved with the current compositing. The cutoff
+// pre-test of the CPU loops (sigma_far) is left out: it only skips an exp, and whatever it skips the
+// exact test rejects too (the cutoff sits 1e-3 + 0.01% beyond ln(255 op), where alpha < 0.999 / 255).
+__device__ __forceinline__ bool pixel_alpha(const float4& xyo, const float4& con, float px, float py,
                                             float& alpha) {
-  float dx, dy, vis;
-  alpha = 0.f;
+  float dx, dy;
   const float sigma = splat::splat_sigma<float>(xyo.x, xyo.y, con.x, con.y, con.z, px, py, dx, dy);
-  const bool near = !splat::sigma_far<float>(sigma, xyo.w);
-  const bool kept = splat::sigma_alpha<float>(sigma, xyo.z, alpha, vis);
-  return near & kept;
+  alpha = splat::s_min(splat::kMaxAlpha, xyo.z * splat::s_exp(-sigma));
+  return (sigma >= 0.f) & (alpha >= splat::kAlphaThreshold);
 }
 
 // Blends the splats [start, end) of the tile into this thread's pixel, front to back, from the
 // given T / acc / last; done pixels (outside, or stopped) take no part. Every thread of the block
 // calls it (it synchronizes); shared memory is free again when it returns.
 template <int CH>
-__device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float* s_col, const float2* means2d,
-                                            const float* conics, const float* opac2d, const float* colors,
-                                            const int32_t* flatten_ids, int64_t color_base, int64_t img_base,
-                                            const Dims& d, int chan0, int nch, int32_t start, int32_t end,
-                                            const WarpRect& rect, float px, float py, float& T, float (&acc)[CH],
-                                            int32_t& last, bool& done) {
+__device__ __forceinline__ void blend_range(float4* s_rec, const float2* means2d, const float* conics,
+                                            const float* opac2d, const float* colors, const int32_t* flatten_ids,
+                                            int64_t color_base, int64_t img_base, const Dims& d, int chan0, int nch,
+                                            int32_t start, int32_t end, const WarpRect& rect, float px, float py,
+                                            float& T, float (&acc)[CH], int32_t& last, bool& done) {
+  constexpr int R = RecF4<CH>;
   const int nt = blockDim.x, tid = threadIdx.x, lane = tid & 31;
   for (int32_t bs = start; bs < end; bs += nt) {
     if (__syncthreads_count(done) == nt) break;
@@ -50,18 +61,31 @@ __device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float*
       int32_t g = flatten_ids[k];
       float2 mm = means2d[g];
       const float op = opac2d[g];
-      s_xyo[tid] = make_float4(mm.x, mm.y, op, splat::sigma_cutoff<float>(op));
-      s_con[tid] = make_float3(conics[3 * (int64_t)g], conics[3 * (int64_t)g + 1], conics[3 * (int64_t)g + 2]);
       const float* c = colors + (color_base + (g - img_base)) * d.D + chan0;
+      float rec[4 * R];
+      rec[0] = mm.x;
+      rec[1] = mm.y;
+      rec[2] = op;
+      rec[3] = splat::sigma_cutoff<float>(op);
+      rec[4] = conics[3 * (int64_t)g];
+      rec[5] = conics[3 * (int64_t)g + 1];
+      rec[6] = conics[3 * (int64_t)g + 2];
 #pragma unroll
-      for (int q = 0; q < CH; ++q) s_col[tid * CH + q] = q < nch ? __ldg(c + q) : 0.f;
+      for (int q = 0; q < 4 * R - 7; ++q) rec[7 + q] = q < CH && q < nch ? __ldg(c + q) : 0.f;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        s_rec[tid * R + r] = make_float4(rec[4 * r], rec[4 * r + 1], rec[4 * r + 2], rec[4 * r + 3]);
     }
     __syncthreads();
     const int cnt = min(nt, end - bs);
     for (int c0 = 0; c0 < cnt; c0 += 32) {
       if (__all_sync(kFullMask, done)) break;  // warp-uniform
       const int tl = c0 + lane;
-      const bool hit = tl < cnt && warp_may_hit(s_xyo[tl], s_con[tl], rect);
+      bool hit = false;
+      if (tl < cnt) {
+        const float4 xyo = s_rec[tl * R], con = s_rec[tl * R + 1];
+        hit = warp_may_hit(xyo, make_float3(con.x, con.y, con.z), rect);
+      }
       unsigned mask = __ballot_sync(kFullMask, hit);
       if (mask != 0u && !done) {
         // Set bits in order (front to back). t / alpha / use: the kept splat being composited and
@@ -70,21 +94,25 @@ __device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float*
         int t = c0 + __ffs(mask) - 1;
         mask &= mask - 1u;
         float alpha;
-        bool use = pixel_alpha(s_xyo[t], s_con[t], px, py, alpha);
+        float4 con = s_rec[t * R + 1];
+        bool use = pixel_alpha(s_rec[t * R], con, px, py, alpha);
         for (;;) {
           const bool more = mask != 0u;
           const int tn = more ? c0 + __ffs(mask) - 1 : t;  // t: a valid index, result unused
           mask &= mask - 1u;
           float alpha_n;
-          const bool use_n = pixel_alpha(s_xyo[tn], s_con[tn], px, py, alpha_n) & more;
+          const float4 con_n = s_rec[tn * R + 1];
+          const bool use_n = pixel_alpha(s_rec[tn * R], con_n, px, py, alpha_n) & more;
           // Current splat, as the plain loop: if used, stop before it when it would take T to <= eps,
           // else blend it. Written without branches so that it interleaves with the evaluation above.
           const float next_T = T * (1.f - alpha);
           const bool stop = use && next_T <= splat::kTransmittanceEps;
           const float w = alpha * T;
           if (use && !stop) {
+            const float4* r = s_rec + t * R;
+            acc[0] += con.w * w;
 #pragma unroll
-            for (int q = 0; q < CH; ++q) acc[q] += s_col[t * CH + q] * w;
+            for (int q = 1; q < CH; ++q) acc[q] += rec_color<CH>(r, q) * w;
             last = bs + t;
             T = next_T;
           }
@@ -96,6 +124,7 @@ __device__ __forceinline__ void blend_range(float4* s_xyo, float3* s_con, float*
           t = tn;
           alpha = alpha_n;
           use = use_n;
+          con = con_n;
         }
       }
     }
@@ -128,10 +157,8 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
                                   int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
-  float4* s_xyo = reinterpret_cast<float4*>(smem);  // x, y, opacity, sigma cutoff
-  float3* s_con = reinterpret_cast<float3*>(s_xyo + nt);
-  float* s_col = reinterpret_cast<float*>(s_con + nt);  // [nt, CH], zero past nch
-  int& s_flag = *reinterpret_cast<int*>(s_col + nt * CH);
+  float4* s_rec = reinterpret_cast<float4*>(smem);  // [nt, RecF4<CH>] staged splats
+  int& s_flag = *reinterpret_cast<int*>(s_rec + nt * RecF4<CH>);
 
   BlockTile bt;
   if (!block_tile(sp, d, tile_offsets, n_isects, bt)) return;
@@ -154,8 +181,8 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
   for (int c = 0; c < CH; ++c) acc[c] = 0.f;
   int32_t last = -1;
   bool done = !inside;
-  blend_range<CH>(s_xyo, s_con, s_col, means2d, conics, opac2d, colors, flatten_ids, color_base, img_base, d, chan0,
-                  nch, cs, ce, rect, px, py, T, acc, last, done);
+  blend_range<CH>(s_rec, means2d, conics, opac2d, colors, flatten_ids, color_base, img_base, d, chan0, nch, cs, ce,
+                  rect, px, py, T, acc, last, done);
 
   float* o = out_c + pix * d.D + chan0;
   if (nsplit > 1) {
@@ -200,8 +227,8 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
         last = -1;
       }
       done = !again;
-      blend_range<CH>(s_xyo, s_con, s_col, means2d, conics, opac2d, colors, flatten_ids, color_base, img_base, d,
-                      chan0, nch, cs, ce, rect, px, py, T, acc, last, done);
+      blend_range<CH>(s_rec, means2d, conics, opac2d, colors, flatten_ids, color_base, img_base, d, chan0, nch, cs,
+                      ce, rect, px, py, T, acc, last, done);
       if (again) {
         Tb = -T;  // finished (even if the walk did not stop: the chunks behind have skipped it)
         if (k < nsplit - 1) row(k)[0] = Tb;
@@ -276,11 +303,10 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
   }
 }
 
-// Dynamic shared memory of one block: per thread one splat's geometry and its CH colour values; the
-// merge flag.
+// Dynamic shared memory of one block: per thread one splat's record; the merge flag.
 template <int CH>
 size_t shmem_bytes(int nt) {
-  return (size_t)nt * (sizeof(float4) + sizeof(float3) + CH * sizeof(float)) + sizeof(int);
+  return (size_t)nt * RecF4<CH> * sizeof(float4) + sizeof(int);
 }
 
 template <int CH>
