@@ -1,9 +1,11 @@
-"""One launch of each hot kernel, for ncu (LBS B=1 fwd, LBS B=16 fwd+bwd, rasterizer 1 camera fwd+bwd).
+"""One launch of each hot kernel, for ncu (LBS B=1 fwd, LBS B=16 fwd+bwd, rasterizer 1 camera fwd+bwd;
+with the argument raster8: the rasterizer's 8-camera forward only).
 
     ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section Occupancy \
         -k regex:"render|vertices|gaussians|joints" python scripts/ncu_targets.py
 """
 import importlib
+import sys
 
 import torch
 
@@ -32,16 +34,20 @@ def lbs(B: int, backward: bool) -> None:
         torch.autograd.grad((means * means).sum() + (quats * quats).sum(), [b, p, o, q])
 
 
-def raster() -> None:
-    s = head_scene(C=1, size=512)
-    t = {k: (v.detach().requires_grad_() if k in ("means", "quats", "scales", "opacities", "colors") else v)
+def raster(C: int = 1, backward: bool = True) -> None:
+    s = head_scene(C=C, size=512)
+    t = {k: (v.detach().requires_grad_(backward) if k in ("means", "quats", "scales", "opacities", "colors") else v)
          for k, v in s.items()}
     img, alpha, _ = fk.rasterize(**t)
-    (img.sum() + alpha.sum()).backward()
+    if backward:
+        (img.sum() + alpha.sum()).backward()
 
 
 if __name__ == "__main__":
-    lbs(1, False)
-    lbs(16, True)
-    raster()
+    if sys.argv[1:] == ["raster8"]:  # the 8-camera forward only
+        raster(8, False)
+    else:
+        lbs(1, False)
+        lbs(16, True)
+        raster()
     torch.cuda.synchronize()

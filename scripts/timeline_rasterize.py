@@ -1,7 +1,7 @@
-"""Host/GPU timeline of one 1-camera rasterize forward, or forward+backward (81K head, 512x512), eager
-as bench_rasterize times it: every kernel / memcpy and every runtime call (launches, syncs) relative
-to the call's start, so the GPU's idle time behind host work shows.
-Usage: python scripts/timeline_rasterize.py [dir] [bwd]"""
+"""Host/GPU timeline of one rasterize forward, or forward+backward (81K head, 512x512, C cameras: 1 by
+default), eager as bench_rasterize times it: every kernel / memcpy and every runtime call (launches,
+syncs) relative to the call's start, so the GPU's idle time behind host work shows.
+Usage: python scripts/timeline_rasterize.py [dir] [bwd|fwd] [C]"""
 import json
 import os
 import sys
@@ -17,8 +17,8 @@ from ffavatar_kernels._rasterize_scenes import head_scene
 KEYS = ("means", "quats", "scales", "opacities", "colors")
 
 
-def main(out_dir: str, backward: bool) -> None:
-    s = head_scene(C=1, size=512)
+def main(out_dir: str, backward: bool, C: int = 1) -> None:
+    s = head_scene(C=C, size=512)
 
     def call():
         t = {k: (v.detach().requires_grad_(backward) if k in KEYS else v) for k, v in s.items()}
@@ -54,4 +54,5 @@ def main(out_dir: str, backward: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), len(sys.argv) > 2 and sys.argv[2] == "bwd")
+    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), len(sys.argv) > 2 and sys.argv[2] == "bwd",
+         int(sys.argv[3]) if len(sys.argv) > 3 else 1)
