@@ -92,11 +92,11 @@ cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* co
 // pairs in depth order: means2d [M*N,2], radii [M*N,2] i32, conics [M*N,3], opac2d [M*N], order and
 // offsets [M*N] i32 (steps 2 and 3) -> keys, values [capacity]. Writes only slots k in [0, capacity):
 // intersection k goes to slot k (k < the count, the last offset); capacity may be below the count (a
-// speculative buffer; the rest is not emitted) or above it (the slots past the count are left as
-// they are).
+// speculative buffer; the rest is not emitted) or above it (sentinels: the keys past the count are
+// set to all ones, their values left as they are; else those slots are left as they are).
 cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
                              const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,
-                             int32_t* values, int64_t capacity, cudaStream_t stream);
+                             int32_t* values, int64_t capacity, bool sentinels, cudaStream_t stream);
 // Step 6: tile offsets [M*T] i32 (every entry written) from the first n sorted keys, sorted_keys
 // [n_isects]. n_isects_dev == nullptr: n = n_isects (> 0; 0 launches nothing). Otherwise n is read on
 // the device, n = clamp(*n_isects_dev, 0, n_isects) (n_isects is then the buffer's capacity; a

@@ -35,14 +35,20 @@ __global__ void depth_keys_kernel(const float* __restrict__ depths, int64_t n, u
 }
 
 // Thread per pair in depth order: the pair's tiles (the same tight test as the count, bit for bit:
-// no FMA contraction) as keys (image << tile_bits | tile) at its slots of the scan.
+// no FMA contraction) as keys (image << tile_bits | tile) at its slots of the scan. sentinels: the
+// key slots [count, capacity) are set to all ones as well (grid-stride).
 __global__ void emit_keys_kernel(const float* __restrict__ means2d, const int32_t* __restrict__ radii,
                                  const float* __restrict__ conics, const float* __restrict__ opac2d,
                                  const int32_t* __restrict__ order, const int32_t* __restrict__ offsets, Dims d,
                                  int tile_bits, uint32_t* __restrict__ keys, int32_t* __restrict__ values,
-                                 int64_t capacity) {
+                                 int64_t capacity, bool sentinels) {
   const int64_t s = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= d.B * d.C * d.N) return;
+  const int64_t MN = d.B * d.C * d.N;
+  if (sentinels) {
+    const int64_t c = offsets[MN - 1];
+    for (int64_t k = (c < 0 ? 0 : c) + s; k < capacity; k += (int64_t)gridDim.x * blockDim.x) keys[k] = ~0u;
+  }
+  if (s >= MN) return;
   const int64_t k_end = offsets[s];  // inclusive scan in depth order
   int64_t k = s > 0 ? (int64_t)offsets[s - 1] : 0;
   if (k == k_end) return;  // no tiles (culled pairs among them)
@@ -133,12 +139,12 @@ cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* co
 
 cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
                              const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,
-                             int32_t* values, int64_t capacity, cudaStream_t stream) {
+                             int32_t* values, int64_t capacity, bool sentinels, cudaStream_t stream) {
   const int64_t n = d.B * d.C * d.N;
   if (n == 0) return cudaSuccess;
   const int tile_bits = bit_width((int64_t)d.tiles_x * d.tiles_y);
   emit_keys_kernel<<<blocks_for(n), kThreads, 0, stream>>>(means2d, radii, conics, opac2d, order, offsets, d,
-                                                            tile_bits, keys, values, capacity);
+                                                            tile_bits, keys, values, capacity, sentinels);
   return cudaGetLastError();
 }
 

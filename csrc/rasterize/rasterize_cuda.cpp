@@ -157,81 +157,99 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   if (MN == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
   const int end_bit = bit_width(TP) + bit_width(d.B * d.C);
   FFA_CHECK(end_bit <= 32, "rasterize: images x tiles too large for 32-bit keys");
-  // 1-2. The pairs in depth order (a fixed size: in a steady loop the sort replays as a graph). Keys,
-  // their double buffer and the sort's temp storage: one allocation, freed after the sort; the ids:
-  // two (the sorted one is kept for the emit).
-  at::Tensor order;
-  {
-    size_t sort_bytes = 0;
-    FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &sort_bytes, nullptr, nullptr, nullptr, nullptr, MN, 32, nullptr,
-                                     stream),
-                   "rasterize depth sort (size)");
-    const size_t key_bytes = align_up((size_t)MN * sizeof(uint32_t));
-    at::Tensor kbuf = at::empty({(int64_t)(2 * key_bytes + sort_bytes + 1)}, bo);
-    char* kp = static_cast<char*>(kbuf.data_ptr());
-    uint32_t* keys = reinterpret_cast<uint32_t*>(kp);
-    uint32_t* keys_alt = reinterpret_cast<uint32_t*>(kp + key_bytes);
-    at::Tensor ids = at::empty({MN}, io), ids_alt = at::empty({MN}, io);
-    FFA_CHECK_CUDA(launch_depth_keys(depths.data_ptr<float>(), MN, keys, ids.data_ptr<int32_t>(), stream),
-                   "rasterize depth_keys kernel");
-    bool in_alt = false;
-    FFA_CHECK_CUDA(sort_pairs_cached(kp + 2 * key_bytes, sort_bytes, keys, keys_alt, ids.data_ptr<int32_t>(),
-                                     ids_alt.data_ptr<int32_t>(), MN, 32, &in_alt, means2d.get_device(), stream),
-                   "rasterize depth sort");
-    order = in_alt ? ids_alt : ids;
-  }
-  // 3. Inclusive scan of the counts in depth order (offsets and CUB's temp storage: one allocation);
-  // the last offset is the count.
+  const int dev = means2d.get_device();
+  FFA_CHECK(dev >= 0 && dev < kMaxDevices, "rasterize: CUDA device index out of range: ", dev);
+  std::atomic<int64_t>& hint = bin_hint[dev];
+  const int64_t guess = hint.load(std::memory_order_relaxed);
+  const bool speculative = !(guess == 0 || bin_sync_forced());
+
+  // Buffers of steps 4-6 for `cap` key slots: keys, their double buffer and the sort's temp storage
+  // in one allocation; the values in two (the sorted ones are returned, everything else is freed on
+  // return, before the render allocates).
+  struct IsectBuffers {
+    int64_t cap = 0;
+    size_t key_bytes = 0, sort_bytes = 0;
+    at::Tensor kbuf, vals, vals_alt;
+  };
+  auto isect_buffers = [&](int64_t cap) {
+    IsectBuffers b;
+    b.cap = cap;
+    FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &b.sort_bytes, nullptr, nullptr, nullptr, nullptr, cap, end_bit,
+                                     nullptr, stream),
+                   "rasterize sort (size)");
+    b.key_bytes = align_up((size_t)cap * sizeof(uint32_t));
+    b.kbuf = at::empty({(int64_t)(2 * b.key_bytes + b.sort_bytes + 1)}, bo);
+    b.vals = at::empty({cap}, io);
+    b.vals_alt = at::empty({cap}, io);
+    return b;
+  };
+
+  // Every buffer of a speculative bin is allocated before the first launch: the host then only
+  // queues work, and stays ahead of the GPU (host work between two launches would idle it).
+  // 1-2: depth keys, their double buffer and the sort's temp storage (one allocation), the ids (two).
+  size_t dsort_bytes = 0;
+  FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &dsort_bytes, nullptr, nullptr, nullptr, nullptr, MN, 32, nullptr,
+                                   stream),
+                 "rasterize depth sort (size)");
+  const size_t dkey_bytes = align_up((size_t)MN * sizeof(uint32_t));
+  at::Tensor dbuf = at::empty({(int64_t)(2 * dkey_bytes + dsort_bytes + 1)}, bo);
+  at::Tensor ids = at::empty({MN}, io), ids_alt = at::empty({MN}, io);
+  // 3: offsets and the scan's temp storage (one allocation)
   size_t scan_bytes = 0;
-  FFA_CHECK_CUDA(launch_scan_counts(nullptr, &scan_bytes, tiles.data_ptr<int32_t>(), order.data_ptr<int32_t>(),
-                                    nullptr, MN, stream),
+  FFA_CHECK_CUDA(launch_scan_counts(nullptr, &scan_bytes, tiles.data_ptr<int32_t>(), nullptr, nullptr, MN, stream),
                  "rasterize scan (size)");
   const size_t off_bytes = align_up((size_t)MN * sizeof(int32_t));
   at::Tensor obuf = at::empty({(int64_t)(off_bytes + scan_bytes + 1)}, bo);
   int32_t* offsets = static_cast<int32_t*>(obuf.data_ptr());
-  FFA_CHECK_CUDA(launch_scan_counts(static_cast<char*>(obuf.data_ptr()) + off_bytes, &scan_bytes,
-                                    tiles.data_ptr<int32_t>(), order.data_ptr<int32_t>(), offsets, MN, stream),
-                 "rasterize scan");
   const int32_t* count_dev = offsets + (MN - 1);
+  IsectBuffers spec;
+  if (speculative) spec = isect_buffers(bin_capacity(guess));
 
-  // 4-6. Emit keys, sort, tile offsets for `cap` key slots; returns the values buffer holding the
-  // sorted flatten ids (entries [0, min(count, cap)) are meaningful). Keys, their double buffer and
-  // the sort's temp storage: one allocation; the values: two (the sorted ones are returned; everything
-  // else is freed on return, before the render allocates). speculative == false: cap is the count
-  // (every slot is emitted). speculative: cap is a guess; the slots past the count hold sentinel keys
-  // (all ones in bits [0, end_bit), sorted after every emitted key: the sort is stable, so even an
-  // emitted key of the last tile of the last image, equal to it in those bits, stays in front), the
-  // emit writes below cap only, and the offsets kernel reads the count on the device (min(count, cap)).
-  auto emit_sort_offsets = [&](int64_t cap, bool speculative) {
-    size_t sort_bytes = 0;
-    FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &sort_bytes, nullptr, nullptr, nullptr, nullptr, cap, end_bit,
-                                     nullptr, stream),
-                   "rasterize sort (size)");
-    const size_t key_bytes = align_up((size_t)cap * sizeof(uint32_t));
-    at::Tensor kbuf = at::empty({(int64_t)(2 * key_bytes + sort_bytes + 1)}, bo);
-    char* kp = static_cast<char*>(kbuf.data_ptr());
+  // 1-2. The pairs in depth order (a fixed size: in a steady loop the sort replays as a graph).
+  char* dp = static_cast<char*>(dbuf.data_ptr());
+  uint32_t* dkeys = reinterpret_cast<uint32_t*>(dp);
+  FFA_CHECK_CUDA(launch_depth_keys(depths.data_ptr<float>(), MN, dkeys, ids.data_ptr<int32_t>(), stream),
+                 "rasterize depth_keys kernel");
+  bool order_alt = false;
+  FFA_CHECK_CUDA(sort_pairs_cached(dp + 2 * dkey_bytes, dsort_bytes, dkeys, reinterpret_cast<uint32_t*>(dp + dkey_bytes),
+                                   ids.data_ptr<int32_t>(), ids_alt.data_ptr<int32_t>(), MN, 32, &order_alt, dev,
+                                   stream),
+                 "rasterize depth sort");
+  const int32_t* order = (order_alt ? ids_alt : ids).data_ptr<int32_t>();
+  // 3. Inclusive scan of the counts in depth order; the last offset is the count.
+  FFA_CHECK_CUDA(launch_scan_counts(static_cast<char*>(obuf.data_ptr()) + off_bytes, &scan_bytes,
+                                    tiles.data_ptr<int32_t>(), order, offsets, MN, stream),
+                 "rasterize scan");
+
+  // 4-6. Emit keys, sort, tile offsets into b; returns the values buffer holding the sorted flatten
+  // ids (entries [0, min(count, cap)) are meaningful). speculative == false: cap is the count (every
+  // slot is emitted). speculative: cap is a guess; the slots past the count hold sentinel keys (all
+  // ones in bits [0, end_bit), sorted after every emitted key: the sort is stable, so even an emitted
+  // key of the last tile of the last image, equal to it in those bits, stays in front), the emit
+  // writes below cap only, and the offsets kernel reads the count on the device (min(count, cap)).
+  auto emit_sort_offsets = [&](IsectBuffers& b, bool spec_way) {
+    char* kp = static_cast<char*>(b.kbuf.data_ptr());
     uint32_t* keys = reinterpret_cast<uint32_t*>(kp);
-    uint32_t* keys_alt = reinterpret_cast<uint32_t*>(kp + key_bytes);
-    at::Tensor vals = at::empty({cap}, io), vals_alt = at::empty({cap}, io);
-    if (speculative)
-      FFA_CHECK_CUDA(cudaMemsetAsync(keys, 0xFF, (size_t)cap * sizeof(uint32_t), stream), "rasterize bin memset");
+    uint32_t* keys_alt = reinterpret_cast<uint32_t*>(kp + b.key_bytes);
     FFA_CHECK_CUDA(launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
-                                    opac2d.data_ptr<float>(), order.data_ptr<int32_t>(), offsets, d, keys,
-                                    vals.data_ptr<int32_t>(), cap, stream),
+                                    opac2d.data_ptr<float>(), order, offsets, d, keys, b.vals.data_ptr<int32_t>(),
+                                    b.cap, spec_way, stream),
                    "rasterize emit_keys kernel");
     bool in_alt = false;
     // a speculative capacity repeats call after call in a steady loop: the sort replays as a graph
-    FFA_CHECK_CUDA(speculative ? sort_pairs_cached(kp + 2 * key_bytes, sort_bytes, keys, keys_alt,
-                                                   vals.data_ptr<int32_t>(), vals_alt.data_ptr<int32_t>(), cap,
-                                                   end_bit, &in_alt, means2d.get_device(), stream)
-                               : launch_sort_pairs(kp + 2 * key_bytes, &sort_bytes, keys, keys_alt,
-                                                   vals.data_ptr<int32_t>(), vals_alt.data_ptr<int32_t>(), cap,
-                                                   end_bit, &in_alt, stream),
+    FFA_CHECK_CUDA(spec_way ? sort_pairs_cached(kp + 2 * b.key_bytes, b.sort_bytes, keys, keys_alt,
+                                                b.vals.data_ptr<int32_t>(), b.vals_alt.data_ptr<int32_t>(), b.cap,
+                                                end_bit, &in_alt, dev, stream)
+                            : launch_sort_pairs(kp + 2 * b.key_bytes, &b.sort_bytes, keys, keys_alt,
+                                                b.vals.data_ptr<int32_t>(), b.vals_alt.data_ptr<int32_t>(), b.cap,
+                                                end_bit, &in_alt, stream),
                    "rasterize sort");
-    FFA_CHECK_CUDA(launch_tile_offsets(in_alt ? keys_alt : keys, cap, speculative ? count_dev : nullptr, d,
+    FFA_CHECK_CUDA(launch_tile_offsets(in_alt ? keys_alt : keys, b.cap, spec_way ? count_dev : nullptr, d,
                                        tile_offsets.data_ptr<int32_t>(), stream),
                    "rasterize tile_offsets kernel");
-    return in_alt ? vals_alt : vals;
+    at::Tensor sorted = in_alt ? b.vals_alt : b.vals;
+    b = IsectBuffers();  // the rest goes back to the allocator (stream order makes that safe)
+    return sorted;
   };
   // int32 scan: an overflow (> 2^31 intersections) shows up as a negative count
   auto checked = [](int32_t count) {
@@ -239,27 +257,27 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
     return (int64_t)count;
   };
 
-  const int dev = means2d.get_device();
-  FFA_CHECK(dev >= 0 && dev < kMaxDevices, "rasterize: CUDA device index out of range: ", dev);
-  std::atomic<int64_t>& hint = bin_hint[dev];
-  const int64_t guess = hint.load(std::memory_order_relaxed);
   int64_t n_isects = 0;
   at::Tensor sorted_vals;
-  if (guess == 0 || bin_sync_forced()) {
+  if (!speculative) {
     int32_t count = 0;
     c10::cuda::memcpy_and_sync(&count, count_dev, sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
     n_isects = checked(count);
-    if (n_isects > 0) sorted_vals = emit_sort_offsets(n_isects, false);
+    if (n_isects > 0) {
+      IsectBuffers exact = isect_buffers(n_isects);
+      sorted_vals = emit_sort_offsets(exact, false);
+    }
   } else {
-    const int64_t cap = bin_capacity(guess);
+    const int64_t cap = spec.cap;
     PendingCount count(dev, count_dev, stream);
-    sorted_vals = emit_sort_offsets(cap, true);
+    sorted_vals = emit_sort_offsets(spec, true);
     n_isects = checked(count.wait());  // by now the scan is long done; the GPU works on the queued kernels
     if (n_isects > cap) {
       // the guess was short: the kernels above wrote within their buffers only; redo with the count
       // (the speculative buffer goes back to the allocator first: stream order makes that safe)
       sorted_vals = at::Tensor();
-      sorted_vals = emit_sort_offsets(n_isects, false);
+      IsectBuffers exact = isect_buffers(n_isects);
+      sorted_vals = emit_sort_offsets(exact, false);
     }
   }
   hint.store(std::max(n_isects, guess - guess / 8), std::memory_order_relaxed);

@@ -98,7 +98,7 @@ __device__ __forceinline__ void blend_range(float4* s_rec, const float2* means2d
         bool use = pixel_alpha(s_rec[t * R], con, px, py, alpha);
         for (;;) {
           const bool more = mask != 0u;
-          const int tn = more ? c0 + __ffs(mask) - 1 : t;  // t: a valid index, result unused
+          const int tn = c0 + __ffs(mask) - 1;  // c0 - 1 when none is left: a valid record, result unused
           mask &= mask - 1u;
           float alpha_n;
           const float4 con_n = s_rec[tn * R + 1];
@@ -157,7 +157,8 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
                                   int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
-  float4* s_rec = reinterpret_cast<float4*>(smem);  // [nt, RecF4<CH>] staged splats
+  // [nt, RecF4<CH>] staged splats, after one spare record (read, unused, past a warp's last kept one)
+  float4* s_rec = reinterpret_cast<float4*>(smem) + RecF4<CH>;
   int& s_flag = *reinterpret_cast<int*>(s_rec + nt * RecF4<CH>);
 
   BlockTile bt;
@@ -303,10 +304,10 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
   }
 }
 
-// Dynamic shared memory of one block: per thread one splat's record; the merge flag.
+// Dynamic shared memory of one block: a spare record, per thread one splat's record; the merge flag.
 template <int CH>
 size_t shmem_bytes(int nt) {
-  return (size_t)nt * RecF4<CH> * sizeof(float4) + sizeof(int);
+  return (size_t)(nt + 1) * RecF4<CH> * sizeof(float4) + sizeof(int);
 }
 
 template <int CH>
