@@ -13,7 +13,7 @@
 
 #include "common/macros.h"
 #include "rasterize/rasterize_checks.h"
-#include "rasterize/sort_graph.h"
+#include "rasterize/bin_graph.h"
 
 namespace ffa {
 namespace rasterize {
@@ -96,28 +96,30 @@ int64_t bin_capacity(int64_t hint) {
   return std::min<int64_t>((int64_t)align_up((size_t)(hint + hint / 32 + 256)), INT32_MAX);
 }
 
-// The count of a speculative bin: copied from the device into pinned host memory with an event behind
-// it, so the host can queue the rest of the bin before it waits. Per thread: one pinned int32 and one
-// event per device, created on first use and kept until the process ends (no CUDA calls at thread
-// exit). A thread's slot is never shared by two copies in flight: every copy is waited for before its
-// bin_cuda returns, also when it throws (the destructor waits).
+// The count of a speculative bin: copied from the device into pinned host memory (`slot()`, the copy
+// queued by the caller) with an event behind it, so the host can queue the rest of the bin before it
+// waits. Per thread: one pinned int32 and one event per device, created on first use and kept until
+// the process ends (no CUDA calls at thread exit). A thread's slot is never shared by two copies in
+// flight: every copy is waited for before its bin_cuda returns, also when it throws (the destructor
+// waits).
 class PendingCount {
  public:
-  PendingCount(int device, const int32_t* count_dev, cudaStream_t stream) {
+  static int32_t* slot() {
     thread_local int32_t* host = nullptr;
-    thread_local cudaEvent_t events[kMaxDevices] = {};
     if (host == nullptr)
       FFA_CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int32_t), cudaHostAllocPortable),
                      "rasterize bin: pinned count");
-    if (events[device] == nullptr)
-      FFA_CHECK_CUDA(cudaEventCreateWithFlags(&events[device], cudaEventDisableTiming), "rasterize bin: event");
-    cudaError_t err = cudaMemcpyAsync(host, count_dev, sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
-    if (err == cudaSuccess) {
-      err = cudaEventRecord(events[device], stream);
-      if (err != cudaSuccess) (void)cudaStreamSynchronize(stream);  // the copy is in flight: let it land
-    }
-    FFA_CHECK_CUDA(err, "rasterize bin: count copy");
-    host_ = host;
+    return host;
+  }
+  // After the copy into slot() is queued on `stream`.
+  PendingCount(int device, cudaStream_t stream) {
+    thread_local cudaEvent_t events[kMaxDevices] = {};
+    cudaError_t err = cudaSuccess;
+    if (events[device] == nullptr) err = cudaEventCreateWithFlags(&events[device], cudaEventDisableTiming);
+    if (err == cudaSuccess) err = cudaEventRecord(events[device], stream);
+    if (err != cudaSuccess) (void)cudaStreamSynchronize(stream);  // the copy is in flight: let it land
+    FFA_CHECK_CUDA(err, "rasterize bin: count event");
+    host_ = slot();
     event_ = events[device];
   }
   PendingCount(const PendingCount&) = delete;
@@ -205,21 +207,27 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   IsectBuffers spec;
   if (speculative) spec = isect_buffers(bin_capacity(guess));
 
-  // 1-2. The pairs in depth order (a fixed size: in a steady loop the sort replays as a graph).
   char* dp = static_cast<char*>(dbuf.data_ptr());
   uint32_t* dkeys = reinterpret_cast<uint32_t*>(dp);
-  FFA_CHECK_CUDA(launch_depth_keys(depths.data_ptr<float>(), MN, dkeys, ids.data_ptr<int32_t>(), stream),
-                 "rasterize depth_keys kernel");
-  bool order_alt = false;
-  FFA_CHECK_CUDA(sort_pairs_cached(dp + 2 * dkey_bytes, dsort_bytes, dkeys, reinterpret_cast<uint32_t*>(dp + dkey_bytes),
-                                   ids.data_ptr<int32_t>(), ids_alt.data_ptr<int32_t>(), MN, 32, &order_alt, dev,
-                                   stream),
-                 "rasterize depth sort");
-  const int32_t* order = (order_alt ? ids_alt : ids).data_ptr<int32_t>();
-  // 3. Inclusive scan of the counts in depth order; the last offset is the count.
-  FFA_CHECK_CUDA(launch_scan_counts(static_cast<char*>(obuf.data_ptr()) + off_bytes, &scan_bytes,
-                                    tiles.data_ptr<int32_t>(), order, offsets, MN, stream),
-                 "rasterize scan");
+  uint32_t* dkeys_alt = reinterpret_cast<uint32_t*>(dp + dkey_bytes);
+  int32_t* count_host = speculative ? PendingCount::slot() : nullptr;
+  // 1-3. The pairs in depth order, and the inclusive scan of their counts in that order (the last
+  // offset is the count; speculative: copied into count_host). result: the sorted ids are in ids_alt.
+  auto depth_order = [&](cudaStream_t st, int* result) -> cudaError_t {
+    cudaError_t e = launch_depth_keys(depths.data_ptr<float>(), MN, dkeys, ids.data_ptr<int32_t>(), st);
+    bool alt = false;
+    if (e == cudaSuccess)
+      e = launch_sort_pairs(dp + 2 * dkey_bytes, &dsort_bytes, dkeys, dkeys_alt, ids.data_ptr<int32_t>(),
+                            ids_alt.data_ptr<int32_t>(), MN, 32, &alt, st);
+    *result = alt;
+    if (e == cudaSuccess)
+      e = launch_scan_counts(static_cast<char*>(obuf.data_ptr()) + off_bytes, &scan_bytes, tiles.data_ptr<int32_t>(),
+                             (alt ? ids_alt : ids).data_ptr<int32_t>(), offsets, MN, st);
+    if (e == cudaSuccess && count_host != nullptr)
+      e = cudaMemcpyAsync(count_host, count_dev, sizeof(int32_t), cudaMemcpyDeviceToHost, st);
+    return e;
+  };
+  const int32_t* order = nullptr;
 
   // 4-6. Emit keys, sort, tile offsets into b; returns the values buffer holding the sorted flatten
   // ids (entries [0, min(count, cap)) are meaningful). speculative == false: cap is the count (every
@@ -227,26 +235,38 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   // ones in bits [0, end_bit), sorted after every emitted key: the sort is stable, so even an emitted
   // key of the last tile of the last image, equal to it in those bits, stays in front), the emit
   // writes below cap only, and the offsets kernel reads the count on the device (min(count, cap)).
+  // In a steady loop the speculative way's launches repeat with the same buffers: a cached graph.
   auto emit_sort_offsets = [&](IsectBuffers& b, bool spec_way) {
     char* kp = static_cast<char*>(b.kbuf.data_ptr());
     uint32_t* keys = reinterpret_cast<uint32_t*>(kp);
     uint32_t* keys_alt = reinterpret_cast<uint32_t*>(kp + b.key_bytes);
-    FFA_CHECK_CUDA(launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
-                                    opac2d.data_ptr<float>(), order, offsets, d, keys, b.vals.data_ptr<int32_t>(),
-                                    b.cap, spec_way, stream),
-                   "rasterize emit_keys kernel");
-    bool in_alt = false;
-    // a speculative capacity repeats call after call in a steady loop: the sort replays as a graph
-    FFA_CHECK_CUDA(spec_way ? sort_pairs_cached(kp + 2 * b.key_bytes, b.sort_bytes, keys, keys_alt,
-                                                b.vals.data_ptr<int32_t>(), b.vals_alt.data_ptr<int32_t>(), b.cap,
-                                                end_bit, &in_alt, dev, stream)
-                            : launch_sort_pairs(kp + 2 * b.key_bytes, &b.sort_bytes, keys, keys_alt,
-                                                b.vals.data_ptr<int32_t>(), b.vals_alt.data_ptr<int32_t>(), b.cap,
-                                                end_bit, &in_alt, stream),
-                   "rasterize sort");
-    FFA_CHECK_CUDA(launch_tile_offsets(in_alt ? keys_alt : keys, b.cap, spec_way ? count_dev : nullptr, d,
-                                       tile_offsets.data_ptr<int32_t>(), stream),
-                   "rasterize tile_offsets kernel");
+    auto isects = [&](cudaStream_t st, int* result) -> cudaError_t {
+      cudaError_t e = launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
+                                       opac2d.data_ptr<float>(), order, offsets, d, keys, b.vals.data_ptr<int32_t>(),
+                                       b.cap, spec_way, st);
+      bool alt = false;
+      if (e == cudaSuccess)
+        e = launch_sort_pairs(kp + 2 * b.key_bytes, &b.sort_bytes, keys, keys_alt, b.vals.data_ptr<int32_t>(),
+                              b.vals_alt.data_ptr<int32_t>(), b.cap, end_bit, &alt, st);
+      *result = alt;
+      if (e == cudaSuccess)
+        e = launch_tile_offsets(alt ? keys_alt : keys, b.cap, spec_way ? count_dev : nullptr, d,
+                                tile_offsets.data_ptr<int32_t>(), st);
+      return e;
+    };
+    int in_alt = 0;
+    if (spec_way) {
+      GraphKey key;
+      key.device = dev;
+      key.add(uint64_t(2)).add(uint64_t(b.cap)).add(uint64_t(end_bit)).add(uint64_t(b.sort_bytes));
+      key.add(uint64_t(d.B)).add(uint64_t(d.C)).add(uint64_t(d.N)).add(uint64_t(d.W)).add(uint64_t(d.H));
+      key.add(uint64_t(d.tile_size)).add(means2d.data_ptr()).add(radii.data_ptr()).add(conics.data_ptr());
+      key.add(opac2d.data_ptr()).add(order).add(offsets).add(kp).add(b.vals.data_ptr()).add(b.vals_alt.data_ptr());
+      key.add(tile_offsets.data_ptr());
+      FFA_CHECK_CUDA(launch_cached(key, isects, &in_alt, stream), "rasterize emit / sort / tile offsets");
+    } else {
+      FFA_CHECK_CUDA(isects(stream, &in_alt), "rasterize emit / sort / tile offsets");
+    }
     at::Tensor sorted = in_alt ? b.vals_alt : b.vals;
     b = IsectBuffers();  // the rest goes back to the allocator (stream order makes that safe)
     return sorted;
@@ -259,7 +279,10 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
 
   int64_t n_isects = 0;
   at::Tensor sorted_vals;
+  int order_alt = 0;
   if (!speculative) {
+    FFA_CHECK_CUDA(depth_order(stream, &order_alt), "rasterize depth sort / scan");
+    order = (order_alt ? ids_alt : ids).data_ptr<int32_t>();
     int32_t count = 0;
     c10::cuda::memcpy_and_sync(&count, count_dev, sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
     n_isects = checked(count);
@@ -268,8 +291,17 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
       sorted_vals = emit_sort_offsets(exact, false);
     }
   } else {
+    GraphKey key;
+    key.device = dev;
+    key.add(uint64_t(1)).add(uint64_t(MN)).add(uint64_t(dsort_bytes)).add(uint64_t(scan_bytes));
+    key.add(depths.data_ptr()).add(tiles.data_ptr()).add(dp).add(ids.data_ptr()).add(ids_alt.data_ptr());
+    key.add(obuf.data_ptr()).add(count_host);
+    const cudaError_t e = launch_cached(key, depth_order, &order_alt, stream);
+    if (e != cudaSuccess) (void)cudaStreamSynchronize(stream);  // a queued count copy lands before we throw
+    FFA_CHECK_CUDA(e, "rasterize depth sort / scan");
+    order = (order_alt ? ids_alt : ids).data_ptr<int32_t>();
     const int64_t cap = spec.cap;
-    PendingCount count(dev, count_dev, stream);
+    PendingCount count(dev, stream);
     sorted_vals = emit_sort_offsets(spec, true);
     n_isects = checked(count.wait());  // by now the scan is long done; the GPU works on the queued kernels
     if (n_isects > cap) {
