@@ -297,9 +297,9 @@ def test_cuda_unbatched_ops_and_strided_output_grads():
 
 
 # ---- bin without a host sync: speculative key buffers (csrc/rasterize/rasterize_cuda.cpp, bin_cuda) ----
-# After the first call on a device the bin sizes its flatten-id buffer from a guess (a decaying
-# high-water mark of earlier counts), queues the emit and the tile sorts before it waits for the
-# count, and redoes them with the exact count when the guess was short. The returned flatten_ids is then a view
+# After the first call on a device the bin sizes its key/value buffers from a guess (a decaying
+# high-water mark of earlier counts), queues emit/sort/offsets before it waits for the count, and
+# redoes them with the exact count when the guess was short. The returned flatten_ids is then a view
 # of the guessed buffer: its storage tells which way a call went (exact: n_isects slots; guessed:
 # more, at least n_isects + 256). FFAVATAR_BIN_SYNC=1 (read once per process) forces the exact way.
 
@@ -382,28 +382,6 @@ def test_cuda_bin_speculative_capacity_sequence(batched):
     # the last call's guess was the count itself: 1/32 + 256 of slack, rounded up to 256
     if not _BIN_SYNC:
         assert slots <= n + n // 32 + 511, (n, slots)
-
-
-@pytest.mark.parametrize("batched", [False, True])
-def test_cuda_bin_long_tile_lists_take_the_depth_sort(batched):
-    # a tile list longer than the shared-memory sort takes (kTileSortCap = 4096 splats): the call is
-    # binned by the depth sort instead (rasterize_bin.cu), after the guess was short and again after
-    # it fits. Bitwise equal to the CPU bin.
-    B, C = (2, 2) if batched else (None, 1)
-    args = _bin_inputs(B, C, 16000, 20, 16, 16)  # 2 tiles per image, ~4,300-4,900 splats each
-    small = _bin_inputs(None, 1, 150, 128, 96, 16)
-    _decay_bin_hint(small)
-    want_offs, want_fids = _bin_cpu(args)
-    per_tile = torch.diff(torch.cat([want_offs.flatten(), torch.tensor([want_fids.numel()])]))
-    assert per_tile.max().item() > 4096
-    for _ in range(3):  # guess short; then it fits (the list is still too long); fits again
-        _poison_cache()
-        offs, fids = torch.ops.ffavatar.rasterize_bin(*args)
-        assert torch.equal(offs.cpu(), want_offs) and torch.equal(fids.cpu(), want_fids)
-    # and a scene with short lists only, right after: the main way again (guessed buffer)
-    want = _bin_cpu(small)
-    offs, fids = torch.ops.ffavatar.rasterize_bin(*small)
-    assert torch.equal(offs.cpu(), want[0]) and torch.equal(fids.cpu(), want[1])
 
 
 def test_cuda_bin_speculative_matches_exact_on_projected_scene():

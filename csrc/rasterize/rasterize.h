@@ -71,31 +71,7 @@ cudaError_t launch_project_bwd(const float* means, const float* quats, const flo
                                float* v_means, float* v_quats, float* v_scales, float* v_opacities,
                                cudaStream_t stream);
 
-// Binning, main way (rasterize_tile_bin.cu; G = M*T tiles). Step 1: hist [G+1] i32 (zeroed; entry G
-// stays 0) += the tiles of every pair: means2d [M*N,2], radii [M*N,2] i32, conics [M*N,3], opac2d
-// [M*N], counts [M*N] i32 (tiles_per_gauss; 0: skipped).
-cudaError_t launch_tile_hist(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
-                             const int32_t* counts, const Dims& d, int32_t* hist, cudaStream_t stream);
-// Step 2: offsets [G+1] = exclusive scan of hist [G+1] (offsets[G]: the intersection count).
-// temp == nullptr: writes the needed temp bytes into *temp_bytes and returns.
-cudaError_t launch_tile_scan(void* temp, size_t* temp_bytes, const int32_t* hist, int32_t* offsets, int64_t G,
-                             cudaStream_t stream);
-// Step 3: stats [2] = (the count, the longest tile list).
-cudaError_t launch_tile_stats(const int32_t* hist, const int32_t* offsets, int64_t G, int32_t* stats,
-                              cudaStream_t stream);
-// Step 4: every intersection's flatten id into a free slot of its tile's list: ids [capacity] (slots
-// past capacity are dropped; a short capacity is redone by the glue), fill [G] i32 zeroed.
-cudaError_t launch_tile_emit(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
-                             const int32_t* counts, const Dims& d, const int32_t* offsets, int32_t* fill,
-                             int32_t* ids, int64_t capacity, cudaStream_t stream);
-// Step 5: each tile's list sorted by (depth bits, flatten id): depths [M*N], ids [capacity] in place.
-// Lists longer than kTileSortCap are left as they are: the glue bins those calls with the depth sort.
-constexpr int kTileSortCap = 4096;
-cudaError_t launch_tile_sort(const int32_t* offsets, int64_t G, const float* depths, int32_t* ids, int64_t capacity,
-                             cudaStream_t stream);
-
-// Binning, the way for tiles longer than kTileSortCap (rasterize_bin.cu; sizes over the M*N pairs):
-// pairs sorted by depth, then intersections by tile. Step 1: depth keys keys[i] = the bits of
+// Binning (rasterize_bin.cu; sizes over the M*N pairs). Step 1: depth keys keys[i] = the bits of
 // depths[i] and ids[i] = i, keys / ids [n].
 cudaError_t launch_depth_keys(const float* depths, int64_t n, uint32_t* keys, int32_t* ids, cudaStream_t stream);
 // Steps 2 and 5: radix sort of (key, value) pairs on bits [0, end_bit) with CUB double buffers
@@ -114,11 +90,19 @@ cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* co
                                int32_t* offsets, int64_t n, cudaStream_t stream);
 // Step 4: emit keys (image << tile_bits | tile) and values (flatten ids) of every intersection, the
 // pairs in depth order: means2d [M*N,2], radii [M*N,2] i32, conics [M*N,3], opac2d [M*N], order and
-// offsets [M*N] i32 (steps 2 and 3) -> keys, values [count] (intersection k to slot k). The tile
-// offsets are the main way's (the same tile counts).
+// offsets [M*N] i32 (steps 2 and 3) -> keys, values [capacity]. Writes only slots k in [0, capacity):
+// intersection k goes to slot k (k < the count, the last offset); capacity may be below the count (a
+// speculative buffer; the rest is not emitted) or above it (sentinels: the keys past the count are
+// set to all ones, their values left as they are; else those slots are left as they are).
 cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
                              const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,
-                             int32_t* values, cudaStream_t stream);
+                             int32_t* values, int64_t capacity, bool sentinels, cudaStream_t stream);
+// Step 6: tile offsets [M*T] i32 (every entry written) from the first n sorted keys, sorted_keys
+// [n_isects]. n_isects_dev == nullptr: n = n_isects (> 0; 0 launches nothing). Otherwise n is read on
+// the device, n = clamp(*n_isects_dev, 0, n_isects) (n_isects is then the buffer's capacity; a
+// count above it gives offsets of the first n_isects keys only), and n == 0 writes all zeros.
+cudaError_t launch_tile_offsets(const uint32_t* sorted_keys, int64_t n_isects, const int32_t* n_isects_dev,
+                                const Dims& d, int32_t* tile_offsets, cudaStream_t stream);
 
 // Rendering (one block per tile, or per chunk of a split tile: rasterize_split.h).
 struct Split;

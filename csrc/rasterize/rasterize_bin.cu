@@ -1,12 +1,12 @@
-// CUDA kernels of the bin's way for calls with a tile longer than kTileSortCap (rasterize.h; the main
-// way is rasterize_tile_bin.cu): the (image, Gaussian) pairs sorted by depth, the tile counts scanned
-// in that order, one 32-bit (image | tile) key per intersection emitted in depth order, and a stable
-// radix sort of those keys. Torch-free: raw pointers, sizes, a stream.
+// CUDA kernels of the bin (rasterize.h, steps 1-5): the (image, Gaussian) pairs sorted by depth, the
+// tile counts scanned in that order, one 32-bit (image | tile) key per intersection emitted in depth
+// order, a stable radix sort of those keys, tile offsets. Torch-free: raw pointers, sizes, a stream.
 //
-// Two sorts rather than one of 64-bit (image | tile | depth) keys: 4 radix passes over the pairs and
-// 2 over the intersections instead of 6 over the intersections. The order is the same: by image,
-// tile, depth, and on equal depth bits by flatten id (the depth sort is stable over the pairs in id
-// order, and the tile sort keeps that order).
+// Why two sorts: sorting 64-bit (image | tile | depth) keys costs 6 radix passes over every
+// intersection (~2.4 per pair). Sorting the pairs by their 32 depth bits is 4 passes over the pairs,
+// and the stable sort of the intersections on the image and tile bits (<= 16 bits here) 2 passes over
+// 32-bit keys. The order is the same: by image, tile, depth, and on equal depth bits by flatten id
+// (the depth sort is stable over the pairs in id order, and the tile sort keeps that order).
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 #include <thrust/iterator/permutation_iterator.h>
@@ -35,13 +35,20 @@ __global__ void depth_keys_kernel(const float* __restrict__ depths, int64_t n, u
 }
 
 // Thread per pair in depth order: the pair's tiles (the same tight test as the count, bit for bit:
-// no FMA contraction) as keys (image << tile_bits | tile) at its slots of the scan.
+// no FMA contraction) as keys (image << tile_bits | tile) at its slots of the scan. sentinels: the
+// key slots [count, capacity) are set to all ones as well (grid-stride).
 __global__ void emit_keys_kernel(const float* __restrict__ means2d, const int32_t* __restrict__ radii,
                                  const float* __restrict__ conics, const float* __restrict__ opac2d,
                                  const int32_t* __restrict__ order, const int32_t* __restrict__ offsets, Dims d,
-                                 int tile_bits, uint32_t* __restrict__ keys, int32_t* __restrict__ values) {
+                                 int tile_bits, uint32_t* __restrict__ keys, int32_t* __restrict__ values,
+                                 int64_t capacity, bool sentinels) {
   const int64_t s = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= d.B * d.C * d.N) return;
+  const int64_t MN = d.B * d.C * d.N;
+  if (sentinels) {
+    const int64_t c = offsets[MN - 1];
+    for (int64_t k = (c < 0 ? 0 : c) + s; k < capacity; k += (int64_t)gridDim.x * blockDim.x) keys[k] = ~0u;
+  }
+  if (s >= MN) return;
   const int64_t k_end = offsets[s];  // inclusive scan in depth order
   int64_t k = s > 0 ? (int64_t)offsets[s - 1] : 0;
   if (k == k_end) return;  // no tiles (culled pairs among them)
@@ -60,13 +67,49 @@ __global__ void emit_keys_kernel(const float* __restrict__ means2d, const int32_
   p.conic[2] = c[2];
   p.opacity = opac2d[i];
   const uint32_t hi = (uint32_t)(i / d.N) << tile_bits;
+  // Slots [0, capacity) only: a speculative capacity may be below the count, and an int32 overflow of
+  // the scan (caught on the host after this kernel is queued) may make k negative.
+  const int64_t k_lim = k_end < capacity ? k_end : capacity;
   splat::for_each_tile(p, d.tile_size, d.tiles_x, d.tiles_y, d.W, d.H, [&](int t) {
-    if (k < k_end) {  // (the counts of the projection: the same tiles, bit for bit)
+    if (k >= 0 && k < k_lim) {
       keys[k] = hi | (uint32_t)t;
       values[k] = i;
     }
     ++k;
   });
+}
+
+// n = n_max, or (n_dev != nullptr) the count read on the device, clamped to [0, n_max]: then the grid
+// covers n_max threads and n == 0 zero-fills every offset.
+__global__ void tile_offsets_kernel(const uint32_t* __restrict__ keys, int64_t n_max,
+                                    const int32_t* __restrict__ n_dev, int tile_bits, int64_t tiles_per_image,
+                                    int64_t total_tiles, int32_t* __restrict__ offsets) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  int64_t n = n_max;
+  if (n_dev != nullptr) {
+    const int64_t c = *n_dev;
+    n = c < 0 ? 0 : c < n_max ? c : n_max;
+  }
+  if (n == 0) {
+    for (int64_t t = idx; t < total_tiles; t += (int64_t)gridDim.x * blockDim.x) offsets[t] = 0;
+    return;
+  }
+  if (idx >= n) return;
+  // (clamped to the last tile: an emitted key never needs it, but a slot the emit did not write, e.g.
+  // a sentinel, keeps every write in bounds)
+  auto global_tile = [&](uint32_t key) {
+    const int64_t t = (int64_t)(key >> tile_bits) * tiles_per_image + (key & ((1u << tile_bits) - 1u));
+    return t < total_tiles ? t : total_tiles - 1;
+  };
+  const int64_t cur = global_tile(keys[idx]);
+  if (idx == 0)
+    for (int64_t t = 0; t <= cur; ++t) offsets[t] = 0;
+  else {
+    const int64_t prev = global_tile(keys[idx - 1]);
+    for (int64_t t = prev + 1; t <= cur; ++t) offsets[t] = (int32_t)idx;
+  }
+  if (idx == n - 1)
+    for (int64_t t = cur + 1; t < total_tiles; ++t) offsets[t] = (int32_t)n;
 }
 
 }  // namespace
@@ -96,12 +139,21 @@ cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* co
 
 cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
                              const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,
-                             int32_t* values, cudaStream_t stream) {
+                             int32_t* values, int64_t capacity, bool sentinels, cudaStream_t stream) {
   const int64_t n = d.B * d.C * d.N;
   if (n == 0) return cudaSuccess;
   const int tile_bits = bit_width((int64_t)d.tiles_x * d.tiles_y);
   emit_keys_kernel<<<blocks_for(n), kThreads, 0, stream>>>(means2d, radii, conics, opac2d, order, offsets, d,
-                                                            tile_bits, keys, values);
+                                                            tile_bits, keys, values, capacity, sentinels);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_tile_offsets(const uint32_t* sorted_keys, int64_t n_isects, const int32_t* n_isects_dev,
+                                const Dims& d, int32_t* tile_offsets, cudaStream_t stream) {
+  if (n_isects == 0) return cudaSuccess;  // the glue zero-fills
+  const int64_t tp = (int64_t)d.tiles_x * d.tiles_y;
+  tile_offsets_kernel<<<blocks_for(n_isects), kThreads, 0, stream>>>(sorted_keys, n_isects, n_isects_dev,
+                                                                      bit_width(tp), tp, d.B * d.C * tp, tile_offsets);
   return cudaGetLastError();
 }
 

@@ -71,14 +71,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
 
 // ---- bin: the intersection count without stalling the GPU --------------------------------------
 //
-// The count (the last tile offset) sizes the flatten-id buffer. The exact way reads it with a host
-// sync right after the scan, so the GPU idles while the host queues the rest. The speculative way
-// sizes the buffer from a per-device guess (`bin_hint`), queues everything behind an async copy of
-// the count, and waits for that copy only then; the GPU is busy with the queued work meanwhile. If
-// the count exceeds the guess (or a tile is too long for the shared-memory sort), the queued kernels
-// stayed within the guessed buffer and the exact way runs again with the count. Results are the
-// same either way. Exact way: the first call on a device (no guess yet), or FFAVATAR_BIN_SYNC=1 (read
-// once). Neither way can be captured in a CUDA graph (a host sync / an event wait inside the op).
+// The count (the last offset of the scan) sizes the key/value buffers. The exact way reads it with a
+// host sync right after the scan, so the GPU idles while the host queues emit, sort (~14 CUB launches)
+// and offsets. The speculative way sizes the buffers from a per-device guess (`bin_hint`), queues
+// everything behind an async copy of the count, and waits for that copy only then; the GPU is busy
+// with the queued work meanwhile. If the count exceeds the guess, the queued kernels stayed within the
+// guessed buffers and the exact way runs again with the count. Results are the same either way.
+// Exact way: the first call on a device (no guess yet), or FFAVATAR_BIN_SYNC=1 (read once).
+// Neither way can be captured in a CUDA graph (a host sync / an event wait inside the op).
 
 constexpr int kMaxDevices = C10_COMPILE_TIME_MAX_GPUS;
 
@@ -104,11 +104,10 @@ int64_t bin_capacity(int64_t hint) {
 // waits).
 class PendingCount {
  public:
-  // two int32: the count and the longest tile list
   static int32_t* slot() {
     thread_local int32_t* host = nullptr;
     if (host == nullptr)
-      FFA_CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&host), 2 * sizeof(int32_t), cudaHostAllocPortable),
+      FFA_CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int32_t), cudaHostAllocPortable),
                      "rasterize bin: pinned count");
     return host;
   }
@@ -128,15 +127,14 @@ class PendingCount {
   ~PendingCount() {
     if (!waited_) (void)cudaEventSynchronize(event_);
   }
-  // the count and the longest tile list
-  std::pair<int32_t, int32_t> wait() {
+  int32_t wait() {
     // a host sync, as memcpy_and_sync is: reported alike under torch.cuda.set_sync_debug_mode (which
     // may throw here; the destructor then waits)
     if (C10_UNLIKELY(c10::cuda::warning_state().get_sync_debug_mode() != c10::cuda::SyncDebugMode::L_DISABLED))
       c10::cuda::warn_or_error_on_sync();
     waited_ = true;
     FFA_CHECK_CUDA(cudaEventSynchronize(event_), "rasterize bin: count wait");
-    return {host_[0], host_[1]};
+    return *host_;
   }
 
  private:
@@ -144,64 +142,6 @@ class PendingCount {
   cudaEvent_t event_ = nullptr;
   bool waited_ = false;
 };
-
-// The flatten ids of a call with a tile list longer than the shared-memory sort takes
-// (rasterize_bin.cu), count of them: pairs sorted by depth, their tile counts scanned in that order,
-// keys (image | tile) emitted in depth order, a stable sort of those. Exact way only (count known).
-at::Tensor depth_sorted_lists(const at::Tensor& means2d, const at::Tensor& radii, const at::Tensor& depths,
-                              const at::Tensor& conics, const at::Tensor& opac2d, const at::Tensor& tiles,
-                              const Dims& d, int64_t count, cudaStream_t stream) {
-  const int64_t MN = d.B * d.C * d.N, TP = (int64_t)d.tiles_x * d.tiles_y;
-  const int end_bit = bit_width(TP) + bit_width(d.B * d.C);
-  FFA_CHECK(end_bit <= 32, "rasterize: images x tiles too large for 32-bit keys (a tile holds more than ",
-            kTileSortCap, " splats, so the call is binned by a global sort)");
-  auto io = means2d.options().dtype(at::kInt);
-  auto bo = means2d.options().dtype(at::kByte);
-  // pairs by depth: keys, their double buffer and the sort's temp storage in one allocation
-  size_t dsort_bytes = 0;
-  FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &dsort_bytes, nullptr, nullptr, nullptr, nullptr, MN, 32, nullptr, stream),
-                 "rasterize depth sort (size)");
-  const size_t dkey_bytes = align_up((size_t)MN * sizeof(uint32_t));
-  at::Tensor dbuf = at::empty({(int64_t)(2 * dkey_bytes + dsort_bytes + 1)}, bo);
-  char* dp = static_cast<char*>(dbuf.data_ptr());
-  uint32_t* dkeys = reinterpret_cast<uint32_t*>(dp);
-  at::Tensor ids = at::empty({MN}, io), ids_alt = at::empty({MN}, io);
-  FFA_CHECK_CUDA(launch_depth_keys(depths.data_ptr<float>(), MN, dkeys, ids.data_ptr<int32_t>(), stream),
-                 "rasterize depth_keys kernel");
-  bool alt = false;
-  FFA_CHECK_CUDA(launch_sort_pairs(dp + 2 * dkey_bytes, &dsort_bytes, dkeys, reinterpret_cast<uint32_t*>(dp + dkey_bytes),
-                                   ids.data_ptr<int32_t>(), ids_alt.data_ptr<int32_t>(), MN, 32, &alt, stream),
-                 "rasterize depth sort");
-  const int32_t* order = (alt ? ids_alt : ids).data_ptr<int32_t>();
-  // their tile counts scanned in depth order (offsets and the scan's temp storage: one allocation)
-  size_t scan_bytes = 0;
-  FFA_CHECK_CUDA(launch_scan_counts(nullptr, &scan_bytes, tiles.data_ptr<int32_t>(), nullptr, nullptr, MN, stream),
-                 "rasterize scan (size)");
-  const size_t off_bytes = align_up((size_t)MN * sizeof(int32_t));
-  at::Tensor pbuf = at::empty({(int64_t)(off_bytes + scan_bytes + 1)}, bo);
-  int32_t* poffsets = static_cast<int32_t*>(pbuf.data_ptr());
-  FFA_CHECK_CUDA(launch_scan_counts(static_cast<char*>(pbuf.data_ptr()) + off_bytes, &scan_bytes,
-                                    tiles.data_ptr<int32_t>(), order, poffsets, MN, stream),
-                 "rasterize scan");
-  // keys in depth order, sorted by image and tile (stable)
-  size_t sort_bytes = 0;
-  FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &sort_bytes, nullptr, nullptr, nullptr, nullptr, count, end_bit, nullptr,
-                                   stream),
-                 "rasterize sort (size)");
-  const size_t key_bytes = align_up((size_t)count * sizeof(uint32_t));
-  at::Tensor kbuf = at::empty({(int64_t)(2 * key_bytes + sort_bytes + 1)}, bo);
-  char* kp = static_cast<char*>(kbuf.data_ptr());
-  uint32_t* keys = reinterpret_cast<uint32_t*>(kp);
-  at::Tensor vals = at::empty({count}, io), vals_alt = at::empty({count}, io);
-  FFA_CHECK_CUDA(launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
-                                  opac2d.data_ptr<float>(), order, poffsets, d, keys, vals.data_ptr<int32_t>(), stream),
-                 "rasterize emit_keys kernel");
-  FFA_CHECK_CUDA(launch_sort_pairs(kp + 2 * key_bytes, &sort_bytes, keys, reinterpret_cast<uint32_t*>(kp + key_bytes),
-                                   vals.data_ptr<int32_t>(), vals_alt.data_ptr<int32_t>(), count, end_bit, &alt,
-                                   stream),
-                 "rasterize sort");
-  return alt ? vals_alt : vals;
-}
 
 std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at::Tensor& radii,
                                             const at::Tensor& depths, const at::Tensor& conics,
@@ -214,66 +154,122 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto io = means2d.options().dtype(at::kInt);
   auto bo = means2d.options().dtype(at::kByte);
-  const int64_t MN = d.B * d.C * d.N, TP = (int64_t)d.tiles_x * d.tiles_y, G = d.B * d.C * TP;
-  const Shape off_shape = s.shape({d.C, d.tiles_y, d.tiles_x});
-  if (MN == 0) return {at::zeros(off_shape, io), at::empty({0}, io)};
-  FFA_CHECK(G < INT32_MAX, "rasterize: too many tiles (", G, ")");
+  const int64_t MN = d.B * d.C * d.N, TP = (int64_t)d.tiles_x * d.tiles_y;
+  at::Tensor tile_offsets = at::empty(s.shape({d.C, d.tiles_y, d.tiles_x}), io);
+  if (MN == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
+  const int end_bit = bit_width(TP) + bit_width(d.B * d.C);
+  FFA_CHECK(end_bit <= 32, "rasterize: images x tiles too large for 32-bit keys");
   const int dev = means2d.get_device();
   FFA_CHECK(dev >= 0 && dev < kMaxDevices, "rasterize: CUDA device index out of range: ", dev);
   std::atomic<int64_t>& hint = bin_hint[dev];
   const int64_t guess = hint.load(std::memory_order_relaxed);
   const bool speculative = !(guess == 0 || bin_sync_forced());
 
-  // Every buffer of a speculative bin is allocated before the first launch: the host then only
-  // queues work and stays ahead of the GPU. cnt: the histogram [G+1], the emit's fill counters [G]
-  // and the stats [2] (one allocation, zeroed in one memset), then the scan's temp storage; the tile
-  // offsets [G+1] (the returned offsets are a view of the first G).
-  size_t scan_bytes = 0;
-  FFA_CHECK_CUDA(launch_tile_scan(nullptr, &scan_bytes, nullptr, nullptr, G, stream), "rasterize scan (size)");
-  const size_t cnt_bytes = align_up((size_t)(2 * G + 3) * sizeof(int32_t));
-  at::Tensor cnt = at::empty({(int64_t)(cnt_bytes + scan_bytes + 1)}, bo);
-  int32_t* hist = reinterpret_cast<int32_t*>(cnt.data_ptr());
-  int32_t* fill = hist + G + 1;
-  int32_t* stats = fill + G;
-  void* scan_temp = static_cast<char*>(cnt.data_ptr()) + cnt_bytes;
-  at::Tensor offs = at::empty({G + 1}, io);
-  int32_t* offsets = offs.data_ptr<int32_t>();
-  at::Tensor spec_ids = speculative ? at::empty({bin_capacity(guess)}, io) : at::Tensor();
-  int32_t* count_host = speculative ? PendingCount::slot() : nullptr;
+  // Buffers of steps 4-6 for `cap` key slots: keys, their double buffer and the sort's temp storage
+  // in one allocation; the values in two (the sorted ones are returned, everything else is freed on
+  // return, before the render allocates).
+  struct IsectBuffers {
+    int64_t cap = 0;
+    size_t key_bytes = 0, sort_bytes = 0;
+    at::Tensor kbuf, vals, vals_alt;
+  };
+  auto isect_buffers = [&](int64_t cap) {
+    IsectBuffers b;
+    b.cap = cap;
+    FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &b.sort_bytes, nullptr, nullptr, nullptr, nullptr, cap, end_bit,
+                                     nullptr, stream),
+                   "rasterize sort (size)");
+    b.key_bytes = align_up((size_t)cap * sizeof(uint32_t));
+    b.kbuf = at::empty({(int64_t)(2 * b.key_bytes + b.sort_bytes + 1)}, bo);
+    b.vals = at::empty({cap}, io);
+    b.vals_alt = at::empty({cap}, io);
+    return b;
+  };
 
-  // 1-3. Tile histogram, its scan (the tile offsets), the count and the longest list (speculative:
-  // copied into count_host).
-  auto tile_counts = [&](cudaStream_t st, int* /*result*/) -> cudaError_t {
-    cudaError_t e = cudaMemsetAsync(hist, 0, (size_t)(2 * G + 3) * sizeof(int32_t), st);
+  // Every buffer of a speculative bin is allocated before the first launch: the host then only
+  // queues work, and stays ahead of the GPU (host work between two launches would idle it).
+  // 1-2: depth keys, their double buffer and the sort's temp storage (one allocation), the ids (two).
+  size_t dsort_bytes = 0;
+  FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &dsort_bytes, nullptr, nullptr, nullptr, nullptr, MN, 32, nullptr,
+                                   stream),
+                 "rasterize depth sort (size)");
+  const size_t dkey_bytes = align_up((size_t)MN * sizeof(uint32_t));
+  at::Tensor dbuf = at::empty({(int64_t)(2 * dkey_bytes + dsort_bytes + 1)}, bo);
+  at::Tensor ids = at::empty({MN}, io), ids_alt = at::empty({MN}, io);
+  // 3: offsets and the scan's temp storage (one allocation)
+  size_t scan_bytes = 0;
+  FFA_CHECK_CUDA(launch_scan_counts(nullptr, &scan_bytes, tiles.data_ptr<int32_t>(), nullptr, nullptr, MN, stream),
+                 "rasterize scan (size)");
+  const size_t off_bytes = align_up((size_t)MN * sizeof(int32_t));
+  at::Tensor obuf = at::empty({(int64_t)(off_bytes + scan_bytes + 1)}, bo);
+  int32_t* offsets = static_cast<int32_t*>(obuf.data_ptr());
+  const int32_t* count_dev = offsets + (MN - 1);
+  IsectBuffers spec;
+  if (speculative) spec = isect_buffers(bin_capacity(guess));
+
+  char* dp = static_cast<char*>(dbuf.data_ptr());
+  uint32_t* dkeys = reinterpret_cast<uint32_t*>(dp);
+  uint32_t* dkeys_alt = reinterpret_cast<uint32_t*>(dp + dkey_bytes);
+  int32_t* count_host = speculative ? PendingCount::slot() : nullptr;
+  // 1-3. The pairs in depth order, and the inclusive scan of their counts in that order (the last
+  // offset is the count; speculative: copied into count_host). result: the sorted ids are in ids_alt.
+  auto depth_order = [&](cudaStream_t st, int* result) -> cudaError_t {
+    cudaError_t e = launch_depth_keys(depths.data_ptr<float>(), MN, dkeys, ids.data_ptr<int32_t>(), st);
+    bool alt = false;
     if (e == cudaSuccess)
-      e = launch_tile_hist(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
-                           opac2d.data_ptr<float>(), tiles.data_ptr<int32_t>(), d, hist, st);
+      e = launch_sort_pairs(dp + 2 * dkey_bytes, &dsort_bytes, dkeys, dkeys_alt, ids.data_ptr<int32_t>(),
+                            ids_alt.data_ptr<int32_t>(), MN, 32, &alt, st);
+    *result = alt;
     if (e == cudaSuccess)
-      e = launch_tile_scan(scan_temp, &scan_bytes, hist, offsets, G, st);
-    if (e == cudaSuccess) e = launch_tile_stats(hist, offsets, G, stats, st);
+      e = launch_scan_counts(static_cast<char*>(obuf.data_ptr()) + off_bytes, &scan_bytes, tiles.data_ptr<int32_t>(),
+                             (alt ? ids_alt : ids).data_ptr<int32_t>(), offsets, MN, st);
     if (e == cudaSuccess && count_host != nullptr)
-      e = cudaMemcpyAsync(count_host, stats, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, st);
+      e = cudaMemcpyAsync(count_host, count_dev, sizeof(int32_t), cudaMemcpyDeviceToHost, st);
     return e;
   };
-  // 4-5. Flatten ids into their tiles' lists, each list sorted (slots [0, cap) of ids).
-  auto tile_lists = [&](at::Tensor& ids, cudaStream_t st, int* /*result*/) -> cudaError_t {
-    cudaError_t e = launch_tile_emit(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
-                                     opac2d.data_ptr<float>(), tiles.data_ptr<int32_t>(), d, offsets, fill,
-                                     ids.data_ptr<int32_t>(), ids.numel(), st);
-    if (e == cudaSuccess) e = launch_tile_sort(offsets, G, depths.data_ptr<float>(), ids.data_ptr<int32_t>(),
-                                               ids.numel(), st);
-    return e;
-  };
-  // The exact way with the count known: the lists as above, or (a list longer than the shared-memory
-  // sort takes) the depth-sorted way. The tile offsets are the histogram's either way.
-  auto exact_lists = [&](int64_t count, int64_t longest) {
-    at::Tensor ids = at::empty({count}, io);
-    int unused = 0;
-    if (longest <= kTileSortCap)
-      FFA_CHECK_CUDA(tile_lists(ids, stream, &unused), "rasterize tile emit / sort");
-    else
-      ids = depth_sorted_lists(means2d, radii, depths, conics, opac2d, tiles, d, count, stream);
-    return ids;
+  const int32_t* order = nullptr;
+
+  // 4-6. Emit keys, sort, tile offsets into b; returns the values buffer holding the sorted flatten
+  // ids (entries [0, min(count, cap)) are meaningful). speculative == false: cap is the count (every
+  // slot is emitted). speculative: cap is a guess; the slots past the count hold sentinel keys (all
+  // ones in bits [0, end_bit), sorted after every emitted key: the sort is stable, so even an emitted
+  // key of the last tile of the last image, equal to it in those bits, stays in front), the emit
+  // writes below cap only, and the offsets kernel reads the count on the device (min(count, cap)).
+  // In a steady loop the speculative way's launches repeat with the same buffers: a cached graph.
+  auto emit_sort_offsets = [&](IsectBuffers& b, bool spec_way) {
+    char* kp = static_cast<char*>(b.kbuf.data_ptr());
+    uint32_t* keys = reinterpret_cast<uint32_t*>(kp);
+    uint32_t* keys_alt = reinterpret_cast<uint32_t*>(kp + b.key_bytes);
+    auto isects = [&](cudaStream_t st, int* result) -> cudaError_t {
+      cudaError_t e = launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
+                                       opac2d.data_ptr<float>(), order, offsets, d, keys, b.vals.data_ptr<int32_t>(),
+                                       b.cap, spec_way, st);
+      bool alt = false;
+      if (e == cudaSuccess)
+        e = launch_sort_pairs(kp + 2 * b.key_bytes, &b.sort_bytes, keys, keys_alt, b.vals.data_ptr<int32_t>(),
+                              b.vals_alt.data_ptr<int32_t>(), b.cap, end_bit, &alt, st);
+      *result = alt;
+      if (e == cudaSuccess)
+        e = launch_tile_offsets(alt ? keys_alt : keys, b.cap, spec_way ? count_dev : nullptr, d,
+                                tile_offsets.data_ptr<int32_t>(), st);
+      return e;
+    };
+    int in_alt = 0;
+    if (spec_way) {
+      GraphKey key;
+      key.device = dev;
+      key.add(uint64_t(2)).add(uint64_t(b.cap)).add(uint64_t(end_bit)).add(uint64_t(b.sort_bytes));
+      key.add(uint64_t(d.B)).add(uint64_t(d.C)).add(uint64_t(d.N)).add(uint64_t(d.W)).add(uint64_t(d.H));
+      key.add(uint64_t(d.tile_size)).add(means2d.data_ptr()).add(radii.data_ptr()).add(conics.data_ptr());
+      key.add(opac2d.data_ptr()).add(order).add(offsets).add(kp).add(b.vals.data_ptr()).add(b.vals_alt.data_ptr());
+      key.add(tile_offsets.data_ptr());
+      FFA_CHECK_CUDA(launch_cached(key, isects, &in_alt, stream), "rasterize emit / sort / tile offsets");
+    } else {
+      FFA_CHECK_CUDA(isects(stream, &in_alt), "rasterize emit / sort / tile offsets");
+    }
+    at::Tensor sorted = in_alt ? b.vals_alt : b.vals;
+    b = IsectBuffers();  // the rest goes back to the allocator (stream order makes that safe)
+    return sorted;
   };
   // int32 scan: an overflow (> 2^31 intersections) shows up as a negative count
   auto checked = [](int32_t count) {
@@ -282,51 +278,44 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   };
 
   int64_t n_isects = 0;
-  at::Tensor sorted;
-  int unused = 0;
+  at::Tensor sorted_vals;
+  int order_alt = 0;
   if (!speculative) {
-    FFA_CHECK_CUDA(tile_counts(stream, &unused), "rasterize tile histogram / scan");
-    int32_t st[2] = {0, 0};
-    c10::cuda::memcpy_and_sync(st, stats, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
-    n_isects = checked(st[0]);
-    if (n_isects > 0) sorted = exact_lists(n_isects, st[1]);
+    FFA_CHECK_CUDA(depth_order(stream, &order_alt), "rasterize depth sort / scan");
+    order = (order_alt ? ids_alt : ids).data_ptr<int32_t>();
+    int32_t count = 0;
+    c10::cuda::memcpy_and_sync(&count, count_dev, sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+    n_isects = checked(count);
+    if (n_isects > 0) {
+      IsectBuffers exact = isect_buffers(n_isects);
+      sorted_vals = emit_sort_offsets(exact, false);
+    }
   } else {
-    // In a steady loop both launch sequences repeat with the same buffers: cached graphs.
-    GraphKey k1;
-    k1.device = dev;
-    k1.add(uint64_t(1)).add(uint64_t(MN)).add(uint64_t(G)).add(uint64_t(scan_bytes));
-    k1.add(uint64_t(d.B)).add(uint64_t(d.C)).add(uint64_t(d.N)).add(uint64_t(d.W)).add(uint64_t(d.H));
-    k1.add(uint64_t(d.tile_size)).add(means2d.data_ptr()).add(radii.data_ptr()).add(conics.data_ptr());
-    k1.add(opac2d.data_ptr()).add(tiles.data_ptr()).add(hist).add(offsets).add(count_host);  // (scan temp: after hist)
-    const cudaError_t e = launch_cached(k1, tile_counts, &unused, stream);
+    GraphKey key;
+    key.device = dev;
+    key.add(uint64_t(1)).add(uint64_t(MN)).add(uint64_t(dsort_bytes)).add(uint64_t(scan_bytes));
+    key.add(depths.data_ptr()).add(tiles.data_ptr()).add(dp).add(ids.data_ptr()).add(ids_alt.data_ptr());
+    key.add(obuf.data_ptr()).add(count_host);
+    const cudaError_t e = launch_cached(key, depth_order, &order_alt, stream);
     if (e != cudaSuccess) (void)cudaStreamSynchronize(stream);  // a queued count copy lands before we throw
-    FFA_CHECK_CUDA(e, "rasterize tile histogram / scan");
-    PendingCount pending(dev, stream);
-    GraphKey k2 = k1;
-    k2.w[0] = 2;
-    k2.add(depths.data_ptr()).add(spec_ids.data_ptr()).add(uint64_t(spec_ids.numel()));
-    FFA_CHECK_CUDA(launch_cached(k2, [&](cudaStream_t st, int* r) { return tile_lists(spec_ids, st, r); }, &unused,
-                                 stream),
-                   "rasterize tile emit / sort");
-    const auto got = pending.wait();  // by now the scan is long done; the GPU works on the queued kernels
-    n_isects = checked(got.first);
-    if (n_isects <= spec_ids.numel() && got.second <= kTileSortCap) {
-      sorted = spec_ids;
-    } else {
-      // the guess was short, or a list too long for the shared-memory sort: the kernels above wrote
-      // within their buffer only; redo with the count (the speculative buffer goes back to the
-      // allocator first: stream order makes that safe)
-      spec_ids = at::Tensor();
-      // the fill counters are spent: zero them for the redo (the histogram and offsets stand)
-      FFA_CHECK_CUDA(cudaMemsetAsync(fill, 0, (size_t)G * sizeof(int32_t), stream), "rasterize bin memset");
-      if (n_isects > 0) sorted = exact_lists(n_isects, got.second);
+    FFA_CHECK_CUDA(e, "rasterize depth sort / scan");
+    order = (order_alt ? ids_alt : ids).data_ptr<int32_t>();
+    const int64_t cap = spec.cap;
+    PendingCount count(dev, stream);
+    sorted_vals = emit_sort_offsets(spec, true);
+    n_isects = checked(count.wait());  // by now the scan is long done; the GPU works on the queued kernels
+    if (n_isects > cap) {
+      // the guess was short: the kernels above wrote within their buffers only; redo with the count
+      // (the speculative buffer goes back to the allocator first: stream order makes that safe)
+      sorted_vals = at::Tensor();
+      IsectBuffers exact = isect_buffers(n_isects);
+      sorted_vals = emit_sort_offsets(exact, false);
     }
   }
   hint.store(std::max(n_isects, guess - guess / 8), std::memory_order_relaxed);
-  at::Tensor tile_offsets = offs.narrow(0, 0, G).view(off_shape);
-  if (n_isects == 0) return {tile_offsets, at::empty({0}, io)};
-  // flatten_ids: the first n_isects sorted ids (a view; its storage may hold the guess's slack)
-  return {tile_offsets, sorted.narrow(0, 0, n_isects)};
+  if (n_isects == 0) return {tile_offsets.zero_(), at::empty({0}, io)};
+  // flatten_ids: the first n_isects sorted values (a view; its storage may hold the guess's slack)
+  return {tile_offsets, sorted_vals.narrow(0, 0, n_isects)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cuda(
