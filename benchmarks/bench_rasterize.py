@@ -9,6 +9,7 @@ speedups and the peak memory (MB above the inputs) of each; the pytest-benchmark
 wall times.
 """
 import statistics
+import time
 
 import pytest
 import torch
@@ -54,10 +55,16 @@ def _gsplat(s, backward, packed):
     return run
 
 
-def _time_ms(fn, iters=30, warmup=5):
-    for _ in range(warmup):
+def _time_ms(fn, iters=30, warmup=5, warmup_s=0.05):
+    # warm-up: at least `warmup` calls and warmup_s seconds, so the GPU's clocks have ramped up from
+    # idle before the timed calls of whichever variant runs first (ours: the first case ran at idle
+    # clocks in some processes, 0.40-0.51 ms where the next variant's calls took 0.27)
+    t_end = time.perf_counter() + warmup_s
+    n = 0
+    while n < warmup or time.perf_counter() < t_end:
         fn()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        n += 1
     ts = []
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
