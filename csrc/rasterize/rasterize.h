@@ -54,6 +54,10 @@ struct Dims {
 };
 
 #if defined(__CUDACC__) || defined(FFAVATAR_WITH_CUDA)
+// Thread-per-element launches (projection, bin): block size and blocks for n elements.
+constexpr int kThreads = 256;
+inline unsigned blocks_for(int64_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
+
 // Projection of every (image, Gaussian) pair, fused with the tight tile count.
 cudaError_t launch_project_fwd(const float* means, const float* quats, const float* scales, const float* opacities,
                                const float* viewmats, const float* Ks, const Dims& d, float near_plane,

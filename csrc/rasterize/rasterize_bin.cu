@@ -20,10 +20,6 @@ namespace {
 
 using splat::Projected;
 
-constexpr int kThreads = 256;
-
-inline unsigned blocks_for(int64_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
-
 // keys[i] = the bits of depths[i] (positive floats order as their bits; a culled pair's key is
 // whatever its depth holds: it has no tiles, so where it lands does not matter), ids[i] = i.
 __global__ void depth_keys_kernel(const float* __restrict__ depths, int64_t n, uint32_t* __restrict__ keys,

@@ -24,7 +24,6 @@ namespace {
 template <int CH>
 constexpr int RecF4 = (7 + CH + 3) / 4;
 
-template <int CH>
 __device__ __forceinline__ float rec_color(const float4* r, int q) {
   return reinterpret_cast<const float*>(r)[7 + q];
 }
@@ -112,7 +111,7 @@ __device__ __forceinline__ void blend_range(float4* s_rec, const float2* means2d
             const float4* r = s_rec + t * R;
             acc[0] += con.w * w;
 #pragma unroll
-            for (int q = 1; q < CH; ++q) acc[q] += rec_color<CH>(r, q) * w;
+            for (int q = 1; q < CH; ++q) acc[q] += rec_color(r, q) * w;
             last = bs + t;
             T = next_T;
           }

@@ -11,10 +11,6 @@ namespace {
 
 using splat::Projected;
 
-constexpr int kThreads = 256;
-
-inline unsigned blocks_for(int64_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
-
 __global__ void project_fwd_kernel(const float* __restrict__ means, const float* __restrict__ quats,
                                    const float* __restrict__ scales, const float* __restrict__ opacities,
                                    const float* __restrict__ viewmats, const float* __restrict__ Ks, Dims d,
