@@ -228,8 +228,12 @@ HOST_DEVICE void tile_box(T mx, T my, int32_t rx, int32_t ry, int tile_size, int
 }
 
 // Minimum over the rectangle [x0,x1] x [y0,y1] (offsets from the mean) of the quadratic form
-// a x^2 + 2 b x y + c y^2 (positive definite). Exact: 0 if the mean is inside, else the minimum over
-// the four edges, each a 1D convex quadratic minimized by clamping its vertex.
+// a x^2 + 2 b x y + c y^2 (positive definite). Exact: 0 if the mean is inside; else the minimum lies
+// on an edge the mean is outside of (the form is convex with its minimum at the mean: from a point
+// of any other edge, the segment to the mean enters the rectangle, where the form is lower), so at
+// most two edges are looked at, the vertical one on the mean's side (x0 > 0: the mean is left of the
+// rectangle; x1 < 0: right) and the horizontal one; each is a 1D convex quadratic, minimized by
+// clamping its vertex.
 template <typename T>
 HOST_DEVICE T quadform_nc(T a, T b, T c, T x, T y) {
   // a x^2 + 2 b x y + c y^2 without contraction
@@ -238,18 +242,14 @@ HOST_DEVICE T quadform_nc(T a, T b, T c, T x, T y) {
 
 template <typename T>
 HOST_DEVICE T rect_min_quadform(T a, T b, T c, T x0, T x1, T y0, T y1) {
-  if (x0 <= T(0) && x1 >= T(0) && y0 <= T(0) && y1 >= T(0)) return T(0);
-  T best = T(1e30);
-  T xs[2] = {x0, x1}, ys[2] = {y0, y1};
-  for (int i = 0; i < 2; ++i) {
-    T X = xs[i];
-    T Y = s_clamp(-nc_mul(b, X) / c, y0, y1);
-    best = s_min(best, quadform_nc(a, b, c, X, Y));
-    T Y2 = ys[i];
-    T X2 = s_clamp(-nc_mul(b, Y2) / a, x0, x1);
-    best = s_min(best, quadform_nc(a, b, c, X2, Y2));
-  }
-  return best;
+  const bool in_x = x0 <= T(0) && x1 >= T(0), in_y = y0 <= T(0) && y1 >= T(0);
+  const T X = x0 > T(0) ? x0 : x1, Y = y0 > T(0) ? y0 : y1;
+  // Both edges are evaluated, then selected (no branches: the lanes of a warp disagree on which
+  // edges count, so branches would run both anyway, with the divergence on top).
+  const T qv = quadform_nc(a, b, c, X, s_clamp(-nc_mul(b, X) / c, y0, y1));
+  const T qh = quadform_nc(a, b, c, s_clamp(-nc_mul(b, Y) / a, x0, x1), Y);
+  const T none = T(1e30);
+  return in_x && in_y ? T(0) : s_min(in_x ? none : qv, in_y ? none : qh);
 }
 
 // Tight test: can the splat reach alpha >= 1/255 at any pixel centre of tile (tx, ty)? Never false

@@ -111,7 +111,7 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>)
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
   int32_t* s_id = reinterpret_cast<int32_t*>(smem);
-  float4* s_xyo = reinterpret_cast<float4*>(s_id + nt);  // x, y, opacity, sigma cutoff
+  float4* s_xyo = reinterpret_cast<float4*>(s_id + nt);  // x, y, opacity, staged_cutoff
   float3* s_con = reinterpret_cast<float3*>(s_xyo + nt);
   float* s_col = reinterpret_cast<float*>(s_con + nt);  // [nt, CH]
   // in the dynamic buffer too (no static shared memory): the launch's opt-in test sees all of it
@@ -170,8 +170,9 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>)
       s_id[tid] = g;
       float2 mm = means2d[g];
       const float op = opac2d[g];
-      s_xyo[tid] = make_float4(mm.x, mm.y, op, splat::sigma_cutoff<float>(op));
-      s_con[tid] = make_float3(conics[3 * (int64_t)g], conics[3 * (int64_t)g + 1], conics[3 * (int64_t)g + 2]);
+      const float3 con = make_float3(conics[3 * (int64_t)g], conics[3 * (int64_t)g + 1], conics[3 * (int64_t)g + 2]);
+      s_xyo[tid] = make_float4(mm.x, mm.y, op, staged_cutoff(op, con.x, con.y, con.z));
+      s_con[tid] = con;
       const float* c = colors + (color_base + (g - img_base)) * d.D + chan0;
 #pragma unroll
       for (int q = 0; q < CH; ++q) s_col[tid * CH + q] = q < nch ? c[q] : 0.f;

@@ -19,14 +19,12 @@ namespace rasterize {
 namespace {
 
 // Shared-memory record of one staged splat, RecF4<CH> float4s: (x, y, opacity, sigma cutoff),
-// (conic a, b, c, colour 0), then colours 1.. (zero past nch). One address per splat, and 128-bit
+// (conic a / 2, b, c / 2, colour 0), then colours 1.. (zero past nch). One address per splat, 128-bit
 // loads (all lanes read the same record: a broadcast, no bank conflicts).
 template <int CH>
-constexpr int RecF4 = (7 + CH + 3) / 4;
+constexpr int RecF4 = (8 + CH + 3) / 4;
 
-__device__ __forceinline__ float rec_color(const float4* r, int q) {
-  return reinterpret_cast<const float*>(r)[7 + q];
-}
+
 
 // gsplat's per-pixel decision for one splat at pixel centre (px, py): true: blend with alpha;
 // false: skip (alpha is then unused). The floats and the decision of splat_alpha (sigma_alpha), with
@@ -36,10 +34,40 @@ __device__ __forceinline__ float rec_color(const float4* r, int q) {
 // exact test rejects too (the cutoff sits 1e-3 + 0.01% beyond ln(255 op), where alpha < 0.999 / 255).
 __device__ __forceinline__ bool pixel_alpha(const float4& xyo, const float4& con, float px, float py,
                                             float& alpha) {
-  float dx, dy;
-  const float sigma = splat::splat_sigma<float>(xyo.x, xyo.y, con.x, con.y, con.z, px, py, dx, dy);
+  const float dx = xyo.x - px, dy = xyo.y - py;
+  // con = (a / 2, b, c / 2): a / 2 dx dx + c / 2 dy dy is exactly half of gsplat's a dx dx + c dy dy
+  // (scaling by 2^-1 commutes with every rounding, short of denormals, which flush to 0 either way
+  // and leave alpha = opacity), so sigma has gsplat's bits without the multiply by 1/2.
+  const float sigma = (con.x * dx * dx + con.z * dy * dy) + con.y * dx * dy;
   alpha = splat::s_min(splat::kMaxAlpha, xyo.z * splat::s_exp(-sigma));
   return (sigma >= 0.f) & (alpha >= splat::kAlphaThreshold);
+}
+
+// 128-bit load from a shared-memory byte address (the blend loop's records: explicit 32-bit
+// addresses keep the address arithmetic at one multiply-add per splat).
+__device__ __forceinline__ float4 lds_f4(unsigned addr) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
+  return v;
+}
+
+// 0, in a per-lane register: added to the blend loop's warp-uniform base address so the compiler
+// keeps the loop's address arithmetic in ordinary registers (from uniform ones it re-derived the
+// base and a negative stride every step, 3-4 extra instructions).
+__device__ __forceinline__ unsigned lane_zero() {
+  unsigned l;
+  asm volatile("mov.u32 %0, %%laneid;" : "=r"(l));
+  return l >> 5;
+}
+
+// Position of the highest set bit of m (-1 when m == 0), and m without that bit (0 stays 0).
+__device__ __forceinline__ int pop_top(unsigned& m) {
+  int p;
+  unsigned b;
+  asm("bfind.u32 %0, %1;" : "=r"(p) : "r"(m));
+  asm("bmsk.clamp.b32 %0, %1, 1;" : "=r"(b) : "r"(p));  // 1 << p; p = 0xffffffff: 0
+  m ^= b;
+  return p;
 }
 
 // Blends the splats [start, end) of the tile into this thread's pixel, front to back, from the
@@ -52,7 +80,9 @@ __device__ __forceinline__ void blend_range(float4* s_rec, const float2* means2d
                                             int32_t start, int32_t end, const WarpRect& rect, float px, float py,
                                             float& T, float (&acc)[CH], int32_t& last, bool& done) {
   constexpr int R = RecF4<CH>;
+  constexpr unsigned kRecBytes = 16 * R;
   const int nt = blockDim.x, tid = threadIdx.x, lane = tid & 31;
+  const unsigned s_base = (unsigned)__cvta_generic_to_shared(s_rec);
   for (int32_t bs = start; bs < end; bs += nt) {
     if (__syncthreads_count(done) == nt) break;
     int32_t k = bs + tid;
@@ -65,12 +95,14 @@ __device__ __forceinline__ void blend_range(float4* s_rec, const float2* means2d
       rec[0] = mm.x;
       rec[1] = mm.y;
       rec[2] = op;
-      rec[3] = splat::sigma_cutoff<float>(op);
-      rec[4] = conics[3 * (int64_t)g];
-      rec[5] = conics[3 * (int64_t)g + 1];
-      rec[6] = conics[3 * (int64_t)g + 2];
+      const float ca = conics[3 * (int64_t)g], cb = conics[3 * (int64_t)g + 1], cc = conics[3 * (int64_t)g + 2];
+      rec[3] = staged_cutoff(op, ca, cb, cc);
+      rec[4] = 0.5f * ca;  // halved: see pixel_alpha
+      rec[5] = cb;
+      rec[6] = 0.5f * cc;
 #pragma unroll
       for (int q = 0; q < 4 * R - 7; ++q) rec[7 + q] = q < CH && q < nch ? __ldg(c + q) : 0.f;
+      rec[7 + CH] = __int_as_float(k);
 #pragma unroll
       for (int r = 0; r < R; ++r)
         s_rec[tid * R + r] = make_float4(rec[4 * r], rec[4 * r + 1], rec[4 * r + 2], rec[4 * r + 3]);
@@ -79,51 +111,57 @@ __device__ __forceinline__ void blend_range(float4* s_rec, const float2* means2d
     const int cnt = min(nt, end - bs);
     for (int c0 = 0; c0 < cnt; c0 += 32) {
       if (__all_sync(kFullMask, done)) break;  // warp-uniform
-      const int tl = c0 + lane;
+      // Lane l tests splat c0 + 31 - l: the highest set bit is the front splat (no bit reverse).
+      const int tl = c0 + 31 - lane;
       bool hit = false;
       if (tl < cnt) {
         const float4 xyo = s_rec[tl * R], con = s_rec[tl * R + 1];
-        hit = warp_may_hit(xyo, make_float3(con.x, con.y, con.z), rect);
+        hit = warp_may_hit(xyo, make_float3(2.f * con.x, con.y, 2.f * con.z), rect);
       }
       unsigned mask = __ballot_sync(kFullMask, hit);
       if (mask != 0u && !done) {
-        // Set bits in order (front to back). t / alpha / use: the kept splat being composited and
-        // this pixel's decision for it; the next kept splat's decision is made first (it only reads
-        // shared memory), then the current one is blended as in the plain loop.
-        int t = c0 + __ffs(mask) - 1;
-        mask &= mask - 1u;
-        float alpha;
-        float4 con = s_rec[t * R + 1];
-        bool use = pixel_alpha(s_rec[t * R], con, px, py, alpha);
-        for (;;) {
+        // Set bits from the top: bit p is the record at byte top - p * kRecBytes (front to back as p
+        // falls). Shared addresses as 32-bit byte addresses: one multiply-add per splat.
+        const unsigned top = s_base + (unsigned)(c0 + 31) * kRecBytes + lane_zero();
+        // One step: the decision for the next kept splat (an, into alpha_n / use_n / con_n), then the
+        // current one (ac) composited as the plain loop does: if used, stop before it when it would
+        // take T to <= eps, else blend it. Branch-free, so both halves interleave. false: the walk
+        // ends. Two register sets alternate (steps A -> B, B -> A), with no copies between steps.
+        auto step = [&](unsigned ac, float alpha, bool use, const float4& con, unsigned& an, float& alpha_n,
+                        bool& use_n, float4& con_n) {
           const bool more = mask != 0u;
-          const int tn = c0 + __ffs(mask) - 1;  // c0 - 1 when none is left: a valid record, result unused
-          mask &= mask - 1u;
-          float alpha_n;
-          const float4 con_n = s_rec[tn * R + 1];
-          const bool use_n = pixel_alpha(s_rec[tn * R], con_n, px, py, alpha_n) & more;
-          // Current splat, as the plain loop: if used, stop before it when it would take T to <= eps,
-          // else blend it. Written without branches so that it interleaves with the evaluation above.
+          an = top - pop_top(mask) * kRecBytes;  // none left: record c0 + 32 (staged, or the spare): unused
+          con_n = lds_f4(an + 16);
+          use_n = pixel_alpha(lds_f4(an), con_n, px, py, alpha_n) & more;
           const float next_T = T * (1.f - alpha);
           const bool stop = use && next_T <= splat::kTransmittanceEps;
           const float w = alpha * T;
           if (use && !stop) {
-            const float4* r = s_rec + t * R;
+            float tail[4 * R - 8];  // colours 1.., the index
+#pragma unroll
+            for (int r = 2; r < R; ++r) {
+              const float4 v = lds_f4(ac + 16 * r);
+              tail[4 * r - 8] = v.x;
+              tail[4 * r - 7] = v.y;
+              tail[4 * r - 6] = v.z;
+              tail[4 * r - 5] = v.w;
+            }
             acc[0] += con.w * w;
 #pragma unroll
-            for (int q = 1; q < CH; ++q) acc[q] += rec_color(r, q) * w;
-            last = bs + t;
+            for (int q = 1; q < CH; ++q) acc[q] += tail[q - 1] * w;
+            last = __float_as_int(tail[CH - 1]);
             T = next_T;
           }
-          if (stop) {
-            done = true;
-            break;
-          }
-          if (!more) break;
-          t = tn;
-          alpha = alpha_n;
-          use = use_n;
-          con = con_n;
+          done = stop;
+          return more && !stop;
+        };
+        unsigned a_a = top - pop_top(mask) * kRecBytes, a_b;
+        float alpha_a, alpha_b;
+        bool use_a, use_b;
+        float4 con_a = lds_f4(a_a + 16), con_b;
+        use_a = pixel_alpha(lds_f4(a_a), con_a, px, py, alpha_a);
+        while (step(a_a, alpha_a, use_a, con_a, a_b, alpha_b, use_b, con_b) &&
+               step(a_b, alpha_b, use_b, con_b, a_a, alpha_a, use_a, con_a)) {
         }
       }
     }
@@ -134,7 +172,7 @@ __device__ __forceinline__ void blend_range(float4* s_rec, const float2* means2d
 // split tiles 16 more, a block of 256 threads per SM less on every tile; under the cap, the values it
 // keeps across the loop spill around the loop, never inside it).
 template <int CH>
-constexpr int kFwdMaxRegs = CH <= 4 ? 48 : CH <= 8 ? 56 : CH <= 16 ? 96 : 128;
+constexpr int kFwdMaxRegs = CH <= 3 ? 40 : CH <= 4 ? 48 : CH <= 8 ? 56 : CH <= 16 ? 96 : 128;
 
 // Flag handshake between the chunks of a split tile (release / acquire at GPU scope).
 __device__ __forceinline__ int ld_acquire(const int32_t* p) {
@@ -156,9 +194,10 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
                                   int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
-  // [nt, RecF4<CH>] staged splats, after one spare record (read, unused, past a warp's last kept one)
-  float4* s_rec = reinterpret_cast<float4*>(smem) + RecF4<CH>;
-  int& s_flag = *reinterpret_cast<int*>(s_rec + nt * RecF4<CH>);
+  // [nt + 1, RecF4<CH>] staged splats and one spare record (read, unused, past the last chunk's last
+  // kept splat)
+  float4* s_rec = reinterpret_cast<float4*>(smem);
+  int& s_flag = *reinterpret_cast<int*>(s_rec + (nt + 1) * RecF4<CH>);
 
   BlockTile bt;
   if (!block_tile(sp, d, tile_offsets, n_isects, bt)) return;
@@ -303,7 +342,7 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
   }
 }
 
-// Dynamic shared memory of one block: a spare record, per thread one splat's record; the merge flag.
+// Dynamic shared memory of one block: per thread one splat's record, a spare record; the merge flag.
 template <int CH>
 size_t shmem_bytes(int nt) {
   return (size_t)(nt + 1) * RecF4<CH> * sizeof(float4) + sizeof(int);

@@ -50,14 +50,19 @@ __device__ __forceinline__ WarpRect warp_rect(bool inside, int i, int j) {
   return r;
 }
 
-// Can the splat (xyo = mean x, mean y, opacity, sigma cutoff; con = conic a, b, c) reach
+// The cutoff a blending kernel stages with a splat for warp_may_hit: sigma_cutoff(opacity), or +inf
+// when the conic (a, b, c) is not positive definite or has a NaN (such a splat is never culled: the
+// per-pixel test decides). Evaluated once per staged splat rather than once per warp.
+__device__ __forceinline__ float staged_cutoff(float op, float a, float b, float c) {
+  return a > 0.f && c > 0.f && a * c > b * b ? splat::sigma_cutoff<float>(op) : __int_as_float(0x7f800000);
+}
+
+// Can the splat (xyo = mean x, mean y, opacity, staged_cutoff; con = conic a, b, c) reach
 // alpha >= 1/255 at some pixel centre of the rectangle? false only when it surely cannot.
 __device__ __forceinline__ bool warp_may_hit(float4 xyo, float3 con, const WarpRect& r) {
-  const float a = con.x, b = con.y, c = con.z;
-  if (!(a > 0.f && c > 0.f && a * c > b * b)) return true;  // not positive definite (or NaN): keep
-  const float q = splat::rect_min_quadform<float>(a, b, c, r.x0 - xyo.x, r.x1 - xyo.x, r.y0 - xyo.y,
+  const float q = splat::rect_min_quadform<float>(con.x, con.y, con.z, r.x0 - xyo.x, r.x1 - xyo.x, r.y0 - xyo.y,
                                                   r.y1 - xyo.y);
-  return !(splat::nc_mul(0.5f, q) > xyo.w);  // NaN anywhere: keep
+  return !(splat::nc_mul(0.5f, q) > xyo.w);  // NaN anywhere, or an infinite cutoff: keep
 }
 
 }  // namespace rasterize
