@@ -140,8 +140,8 @@ def _heavy_scene(B=None, D=3, dtype=torch.float64):
                       well_conditioned=False, tweak=layered)
 
 
-def _split_plan(scene):
-    """nsplit of every tile that the CUDA render of ``scene`` cut into chunks (from its split state)."""
+def _split_state(scene):
+    """The CUDA render of ``scene``: (tile offsets, n_isects, split state)."""
     ops = torch.ops.ffavatar
     s = cast(scene, torch.float32, "cuda")
     m2, dp, cn, op, rr, tl = ops.rasterize_project(s["means"], s["quats"], s["scales"], s["opacities"],
@@ -149,9 +149,44 @@ def _split_plan(scene):
                                                    0.3, False, 16)
     offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, s["width"], s["height"], 16)
     state = ops.rasterize_render(m2, cn, op, s["colors"], None, offs, fids, s["width"], s["height"], 16)[4]
+    return offs, fids.numel(), state
+
+
+def _split_plan(scene):
+    """nsplit of every tile that the CUDA render of ``scene`` cut into chunks (from its split state)."""
+    offs, _, state = _split_state(scene)
     G = offs.numel()
     plan = state[: 2 * G].view(G, 2).cpu() if state.numel() else torch.ones(G, 2, dtype=torch.int32)
     return plan[:, 0][plan[:, 0] > 1]
+
+
+def test_cuda_split_work_order_heaviest_first():
+    # the work list of the split state (rasterize_split.h): every tile once and every extra chunk once,
+    # a tile's chunks consecutive and in order, classes of the chunk length (32 splats wide, 64 classes)
+    # never rising along the list, (image, tile, chunk) rising within a class, -1 past the last item
+    offs, n, state = _split_state(_heavy_scene(B=2))
+    G = offs.numel()
+    assert state.numel() > 0
+    plan = state[: 2 * G].view(G, 2).cpu().long()
+    ns = plan[:, 0]
+    pool = (state.numel() - 3 * G) // (3 + 256 * 5)  # nt = 256, D = 3
+    work = state[2 * G: 3 * G + pool].cpu().long()
+    used = int(ns.sum())
+    assert (work[used:] == -1).all() and (work[:used] >= 0).all()
+    items = work[:used]
+    gt, k = items // 8, items % 8
+    want = torch.cat([torch.arange(int(c)) + 8 * t for t, c in enumerate(ns.tolist())])
+    assert torch.equal(torch.sort(items).values, want)
+    first = torch.nonzero(k == 0).flatten()
+    for i in first.tolist():  # chunks 0..ns-1 of the tile follow its chunk 0
+        c = int(ns[gt[i]])
+        assert torch.equal(items[i:i + c], items[i] + torch.arange(c)), i
+    cnt = torch.diff(torch.cat([offs.reshape(-1).cpu().long(), torch.tensor([n])]))
+    cls = torch.clamp((cnt[gt] + ns[gt] - 1) // ns[gt] // 32, max=63)
+    assert (cls[1:] <= cls[:-1]).all()
+    same = cls[1:] == cls[:-1]
+    assert (items[1:][same] > items[:-1][same]).all()
+    assert int(cls[0]) > int(cls[-1])  # the scene has light and heavy tiles: the order moved something
 
 
 @pytest.mark.parametrize("render_mode,D,batched", [("RGB", 3, False), ("RGB+ED", 3, True), ("RGB", 40, False)])

@@ -18,8 +18,10 @@
 //
 // State (one int32 tensor, `split_state`, built by the render forward and read by its backward):
 //   plan     [G] int2: (nsplit, first slot) per (image, tile), G = images x tiles
-//   work     [G + pool] int32: per image m, a segment of T + P items (T tiles per image, P = pool /
-//            images slots per image): gt * kMaxSplit + chunk, in tile order; -1 past its end
+//   work     [G + pool] int32: the work items gt * kMaxSplit + chunk (one per tile, one per extra
+//            chunk), heaviest first (by the chunk length, in classes of 32 splats: blocks start in
+//            index order, so the light tiles fill in at the end), a tile's chunks consecutive and in
+//            order; -1 past the last
 //   counters [2, pool] int32: per slot, "T behind chunk j published" flags, then per split tile (at
 //            its first slot) the arrivals of its blocks; all reset by the merging block
 //   slots    [pool, nt, D + 2] float: slot s + j of a tile holds, per pixel: word 0, the T behind
