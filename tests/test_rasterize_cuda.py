@@ -443,6 +443,41 @@ def test_cuda_bin_speculative_matches_exact_on_projected_scene():
         assert [_bin_slots(r[1]) == n for r in runs] == [True, False, False]
 
 
+_SORT_SCRIPT = """
+import sys, torch
+from ffavatar_kernels.rasterize import rasterize
+sys.path.insert(0, {here!r})
+from test_rasterize_helpers import make_scene
+torch.manual_seed(0)
+s = make_scene(N=6000, C=3, W=160, H=120, D=3, B=2, spread=0.7, dtype=torch.float32, device="cuda")
+runs = []
+for _ in range(3):  # the first call sorts exactly, the next ones into guessed buffers
+    img, alpha, meta = rasterize(**s)
+    runs.append([meta["isect_offsets"].cpu(), meta["flatten_ids"].cpu(), img.cpu()])
+torch.save(runs, sys.argv[1])
+"""
+
+
+def test_cuda_bin_onesweep_matches_cub_sort(tmp_path):
+    # the bin's own dispatch of CUB's onesweep kernels (rasterize_bin_sort.cu) against
+    # cub::DeviceRadixSort (FFAVATAR_BIN_CUB_SORT=1, read once per process: subprocesses), exact and
+    # speculative calls: the same bins and images, bit for bit (~100K intersections: many onesweep tiles)
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "sort.py"
+    script.write_text(_SORT_SCRIPT.format(here=here))
+    out = {}
+    for flag in ("0", "1"):
+        env = dict(os.environ, FFAVATAR_BIN_CUB_SORT=flag)
+        subprocess.run([sys.executable, str(script), str(tmp_path / f"{flag}.pt")], env=env, check=True)
+        out[flag] = torch.load(tmp_path / f"{flag}.pt")
+    assert out["0"][0][1].numel() > 50000
+    for a, b in zip(out["0"], out["1"]):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
 def test_cuda_bin_steady_loop_replays_the_same_bins():
     # a steady loop (same scene, same sizes, nothing kept on the GPU between calls): the allocator
     # repeats the bin's buffers, so its two launch sequences (depth sort + scan + count copy; emit +

@@ -75,9 +75,36 @@ cudaError_t launch_project_bwd(const float* means, const float* quats, const flo
                                float* v_means, float* v_quats, float* v_scales, float* v_opacities,
                                cudaStream_t stream);
 
+// Onesweep sorts (rasterize_bin_sort.cu): CUB's onesweep kernels dispatched here, every counter
+// they use in one region of sort_state_words(n, end_bit) int32 words that the caller zeroes before
+// the digit counts (one memset, or inside its own kernel). The digit counts come from
+// launch_digit_counts (CUB's histogram and exclusive-sum kernels over the keys) or from the kernel
+// that writes the keys (launch_depth_keys). Sorts of more than onesweep_ok's limit (~268M items)
+// take launch_sort_pairs.
+constexpr int kSortRadixBits = 8;
+constexpr int kSortDigits = 1 << kSortRadixBits;
+struct SortState {
+  uint32_t* bins = nullptr;     // [passes, kSortDigits]: digit counts, then their exclusive sums
+  int32_t* ctrs = nullptr;      // [passes]: the onesweep blocks' tickets
+  int32_t* done = nullptr;      // [1]: blocks of launch_depth_keys done counting
+  int32_t* lookback = nullptr;  // [passes, blocks, kSortDigits]
+  int passes = 0, end_bit = 0;
+  int64_t n = 0, blocks = 0;
+};
+bool onesweep_ok(int64_t n);
+int64_t sort_state_words(int64_t n, int end_bit);
+SortState sort_state(int32_t* words, int64_t n, int end_bit);
+cudaError_t launch_digit_counts(const SortState& s, const uint32_t* keys, cudaStream_t stream);
+// The passes over bits [0, s.end_bit): keys / values [s.n] in, the sorted pairs in keys_alt /
+// values_alt when *result_in_alt, else in keys / values. Stable.
+cudaError_t launch_onesweep(const SortState& s, uint32_t* keys, uint32_t* keys_alt, int32_t* values,
+                            int32_t* values_alt, bool* result_in_alt, cudaStream_t stream);
 // Binning (rasterize_bin.cu; sizes over the M*N pairs). Step 1: depth keys keys[i] = the bits of
-// depths[i] and ids[i] = i, keys / ids [n].
-cudaError_t launch_depth_keys(const float* depths, int64_t n, uint32_t* keys, int32_t* ids, cudaStream_t stream);
+// depths[i] and ids[i] = i, keys / ids [n]. sort != nullptr: also the digit offsets of the depth
+// sort (sort->bins, from zeroed counters; the last block scans them), and zero [zero_words] int32
+// (e.g. the tile sort's state) on the way.
+cudaError_t launch_depth_keys(const float* depths, int64_t n, uint32_t* keys, int32_t* ids, const SortState* sort,
+                              int32_t* zero, int64_t zero_words, cudaStream_t stream);
 // Steps 2 and 5: radix sort of (key, value) pairs on bits [0, end_bit) with CUB double buffers
 // (keys/values hold the input; *result_in_alt tells whether the sorted pairs are in keys_alt /
 // values_alt). Stable. keys, keys_alt, values, values_alt [n]. Step 2 sorts the pairs by depth (all 32

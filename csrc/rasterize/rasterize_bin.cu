@@ -7,6 +7,7 @@
 // and the stable sort of the intersections on the image and tile bits (<= 16 bits here) 2 passes over
 // 32-bit keys. The order is the same: by image, tile, depth, and on equal depth bits by flatten id
 // (the depth sort is stable over the pairs in id order, and the tile sort keeps that order).
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 #include <thrust/iterator/permutation_iterator.h>
@@ -21,13 +22,59 @@ namespace {
 using splat::Projected;
 
 // keys[i] = the bits of depths[i] (positive floats order as their bits; a culled pair's key is
-// whatever its depth holds: it has no tiles, so where it lands does not matter), ids[i] = i.
-__global__ void depth_keys_kernel(const float* __restrict__ depths, int64_t n, uint32_t* __restrict__ keys,
-                                  int32_t* __restrict__ ids) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  keys[i] = __float_as_uint(depths[i]);
-  ids[i] = (int32_t)i;
+// whatever its depth holds: it has no tiles, so where it lands does not matter), ids[i] = i. Grid-
+// stride. count: the digit counts of the keys for the depth sort (per block in shared memory, then
+// added to st.bins; the last block to finish turns them into each pass's exclusive sums). Also
+// zeroes zero[0, zero_words).
+constexpr int kKeyThreads = 512;
+constexpr int kKeyBlocks = 256;  // at most; enough to stream the keys, few global adds per bin
+constexpr int kKeyPasses = 32 / kSortRadixBits;
+
+__global__ void __launch_bounds__(kKeyThreads) depth_keys_kernel(const float* __restrict__ depths, int64_t n,
+                                                                 uint32_t* __restrict__ keys,
+                                                                 int32_t* __restrict__ ids, SortState st, bool count,
+                                                                 int32_t* __restrict__ zero, int64_t zero_words) {
+  using Scan = cub::BlockScan<uint32_t, kKeyThreads>;
+  constexpr int kBins = kKeyPasses * kSortDigits;
+  constexpr int kPer = kBins / kKeyThreads;
+  __shared__ uint32_t hist[kBins];
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ bool s_last;
+  const int tid = threadIdx.x;
+  const int64_t stride = (int64_t)gridDim.x * kKeyThreads, i0 = (int64_t)blockIdx.x * kKeyThreads + tid;
+  for (int64_t z = i0; z < zero_words; z += stride) zero[z] = 0;
+  for (int b = tid; b < kBins; b += kKeyThreads) hist[b] = 0;
+  __syncthreads();
+  for (int64_t i = i0; i < n; i += stride) {
+    const uint32_t k = __float_as_uint(depths[i]);
+    keys[i] = k;
+    ids[i] = (int32_t)i;
+    if (count) {
+#pragma unroll
+      for (int p = 0; p < kKeyPasses; ++p) atomicAdd(&hist[p * kSortDigits + ((k >> (p * kSortRadixBits)) & 0xffu)], 1u);
+    }
+  }
+  if (!count) return;
+  __syncthreads();
+  for (int b = tid; b < kBins; b += kKeyThreads)
+    if (hist[b] != 0u) atomicAdd(st.bins + b, hist[b]);
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(st.done, 1) == (int)gridDim.x - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  // the last block: exclusive sums over all passes' bins at once; every pass sums to n, so pass p's
+  // own sums are the running ones minus p n
+  uint32_t v[kPer];
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) v[u] = __ldcg(st.bins + tid * kPer + u);
+  Scan(scan_tmp).ExclusiveSum(v, v);
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int b = tid * kPer + u;
+    st.bins[b] = v[u] - (uint32_t)(b / kSortDigits) * (uint32_t)n;
+  }
 }
 
 // Thread per pair in depth order: the pair's tiles (the same tight test as the count, bit for bit:
@@ -110,9 +157,15 @@ __global__ void tile_offsets_kernel(const uint32_t* __restrict__ keys, int64_t n
 
 }  // namespace
 
-cudaError_t launch_depth_keys(const float* depths, int64_t n, uint32_t* keys, int32_t* ids, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  depth_keys_kernel<<<blocks_for(n), kThreads, 0, stream>>>(depths, n, keys, ids);
+cudaError_t launch_depth_keys(const float* depths, int64_t n, uint32_t* keys, int32_t* ids, const SortState* sort,
+                              int32_t* zero, int64_t zero_words, cudaStream_t stream) {
+  if (n == 0 && zero_words == 0) return cudaSuccess;
+  if (sort != nullptr && (sort->passes != kKeyPasses || sort->n != n || n >= (int64_t(1) << 30)))
+    return cudaErrorInvalidValue;
+  const int64_t work = n > zero_words ? n : zero_words, need = (work + kKeyThreads - 1) / kKeyThreads;
+  const int blocks = (int)(need < kKeyBlocks ? need : kKeyBlocks);
+  depth_keys_kernel<<<blocks, kKeyThreads, 0, stream>>>(depths, n, keys, ids, sort ? *sort : SortState(),
+                                                         sort != nullptr, zero, zero_words);
   return cudaGetLastError();
 }
 

@@ -91,6 +91,11 @@ bool bin_sync_forced() {
   return forced;
 }
 
+bool bin_cub_sort_forced() {
+  static const bool forced = ffa_env_flag("FFAVATAR_BIN_CUB_SORT");
+  return forced;
+}
+
 // Key slots for a guess: 1/32 + 256 over it, a multiple of 256, at most INT32_MAX (CUB's item count).
 int64_t bin_capacity(int64_t hint) {
   return std::min<int64_t>((int64_t)align_up((size_t)(hint + hint / 32 + 256)), INT32_MAX);
@@ -165,20 +170,34 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   const int64_t guess = hint.load(std::memory_order_relaxed);
   const bool speculative = !(guess == 0 || bin_sync_forced());
 
-  // Buffers of steps 4-6 for `cap` key slots: keys, their double buffer and the sort's temp storage
-  // in one allocation; the values in two (the sorted ones are returned, everything else is freed on
-  // return, before the render allocates).
+  // Sorts: the onesweep sorts of rasterize_bin_sort.cu (their counters in one zeroed region each),
+  // or cub::DeviceRadixSort (temp storage) with FFAVATAR_BIN_CUB_SORT=1 (read once; for A/B runs) and
+  // for sorts beyond onesweep_ok's size.
+  const bool cub_sort = bin_cub_sort_forced();
+  // Sort storage: the onesweep state (zeroed before use) or CUB's temp storage, in bytes.
+  auto sort_bytes_for = [&](int64_t n, int bits, bool own) {
+    size_t bytes = 0;
+    if (own) return align_up((size_t)sort_state_words(n, bits) * sizeof(int32_t));
+    FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &bytes, nullptr, nullptr, nullptr, nullptr, n, bits, nullptr, stream),
+                   "rasterize sort (size)");
+    return bytes;
+  };
+
+  // Buffers of steps 4-6 for `cap` key slots: keys, their double buffer and the sort's storage in one
+  // allocation; the values in two (the sorted ones are returned, everything else is freed on return,
+  // before the render allocates).
   struct IsectBuffers {
     int64_t cap = 0;
+    bool own = false;  // onesweep sort
     size_t key_bytes = 0, sort_bytes = 0;
     at::Tensor kbuf, vals, vals_alt;
+    char* sort_storage() const { return static_cast<char*>(kbuf.data_ptr()) + 2 * key_bytes; }
   };
   auto isect_buffers = [&](int64_t cap) {
     IsectBuffers b;
     b.cap = cap;
-    FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &b.sort_bytes, nullptr, nullptr, nullptr, nullptr, cap, end_bit,
-                                     nullptr, stream),
-                   "rasterize sort (size)");
+    b.own = !cub_sort && onesweep_ok(cap);
+    b.sort_bytes = sort_bytes_for(cap, end_bit, b.own);
     b.key_bytes = align_up((size_t)cap * sizeof(uint32_t));
     b.kbuf = at::empty({(int64_t)(2 * b.key_bytes + b.sort_bytes + 1)}, bo);
     b.vals = at::empty({cap}, io);
@@ -188,11 +207,9 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
 
   // Every buffer of a speculative bin is allocated before the first launch: the host then only
   // queues work, and stays ahead of the GPU (host work between two launches would idle it).
-  // 1-2: depth keys, their double buffer and the sort's temp storage (one allocation), the ids (two).
-  size_t dsort_bytes = 0;
-  FFA_CHECK_CUDA(launch_sort_pairs(nullptr, &dsort_bytes, nullptr, nullptr, nullptr, nullptr, MN, 32, nullptr,
-                                   stream),
-                 "rasterize depth sort (size)");
+  // 1-2: depth keys, their double buffer and the sort's storage (one allocation), the ids (two).
+  const bool own_depth = !cub_sort && onesweep_ok(MN);
+  size_t dsort_bytes = sort_bytes_for(MN, 32, own_depth);
   const size_t dkey_bytes = align_up((size_t)MN * sizeof(uint32_t));
   at::Tensor dbuf = at::empty({(int64_t)(2 * dkey_bytes + dsort_bytes + 1)}, bo);
   at::Tensor ids = at::empty({MN}, io), ids_alt = at::empty({MN}, io);
@@ -210,15 +227,26 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   char* dp = static_cast<char*>(dbuf.data_ptr());
   uint32_t* dkeys = reinterpret_cast<uint32_t*>(dp);
   uint32_t* dkeys_alt = reinterpret_cast<uint32_t*>(dp + dkey_bytes);
+  const SortState dstate = own_depth ? sort_state(reinterpret_cast<int32_t*>(dp + 2 * dkey_bytes), MN, 32)
+                                     : SortState();
+  // the speculative tile sort's state is zeroed by the depth keys kernel, long before it is used
+  int32_t* spec_zero = speculative && spec.own ? reinterpret_cast<int32_t*>(spec.sort_storage()) : nullptr;
+  const int64_t spec_zero_words = spec_zero ? (int64_t)(spec.sort_bytes / sizeof(int32_t)) : 0;
   int32_t* count_host = speculative ? PendingCount::slot() : nullptr;
   // 1-3. The pairs in depth order, and the inclusive scan of their counts in that order (the last
   // offset is the count; speculative: copied into count_host). result: the sorted ids are in ids_alt.
   auto depth_order = [&](cudaStream_t st, int* result) -> cudaError_t {
-    cudaError_t e = launch_depth_keys(depths.data_ptr<float>(), MN, dkeys, ids.data_ptr<int32_t>(), st);
+    cudaError_t e = cudaSuccess;
+    if (own_depth) e = cudaMemsetAsync(dp + 2 * dkey_bytes, 0, dsort_bytes, st);
+    if (e == cudaSuccess)
+      e = launch_depth_keys(depths.data_ptr<float>(), MN, dkeys, ids.data_ptr<int32_t>(), own_depth ? &dstate : nullptr,
+                            spec_zero, spec_zero_words, st);
     bool alt = false;
     if (e == cudaSuccess)
-      e = launch_sort_pairs(dp + 2 * dkey_bytes, &dsort_bytes, dkeys, dkeys_alt, ids.data_ptr<int32_t>(),
-                            ids_alt.data_ptr<int32_t>(), MN, 32, &alt, st);
+      e = own_depth ? launch_onesweep(dstate, dkeys, dkeys_alt, ids.data_ptr<int32_t>(), ids_alt.data_ptr<int32_t>(),
+                                      &alt, st)
+                    : launch_sort_pairs(dp + 2 * dkey_bytes, &dsort_bytes, dkeys, dkeys_alt, ids.data_ptr<int32_t>(),
+                                        ids_alt.data_ptr<int32_t>(), MN, 32, &alt, st);
     *result = alt;
     if (e == cudaSuccess)
       e = launch_scan_counts(static_cast<char*>(obuf.data_ptr()) + off_bytes, &scan_bytes, tiles.data_ptr<int32_t>(),
@@ -245,9 +273,16 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
                                        opac2d.data_ptr<float>(), order, offsets, d, keys, b.vals.data_ptr<int32_t>(),
                                        b.cap, spec_way, st);
       bool alt = false;
-      if (e == cudaSuccess)
+      if (e == cudaSuccess && b.own) {
+        const SortState ts = sort_state(reinterpret_cast<int32_t*>(b.sort_storage()), b.cap, end_bit);
+        if (!spec_way) e = cudaMemsetAsync(b.sort_storage(), 0, b.sort_bytes, st);  // (speculative: zeroed in step 1)
+        if (e == cudaSuccess) e = launch_digit_counts(ts, keys, st);
+        if (e == cudaSuccess)
+          e = launch_onesweep(ts, keys, keys_alt, b.vals.data_ptr<int32_t>(), b.vals_alt.data_ptr<int32_t>(), &alt, st);
+      } else if (e == cudaSuccess) {
         e = launch_sort_pairs(kp + 2 * b.key_bytes, &b.sort_bytes, keys, keys_alt, b.vals.data_ptr<int32_t>(),
                               b.vals_alt.data_ptr<int32_t>(), b.cap, end_bit, &alt, st);
+      }
       *result = alt;
       if (e == cudaSuccess)
         e = launch_tile_offsets(alt ? keys_alt : keys, b.cap, spec_way ? count_dev : nullptr, d,
@@ -258,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
     if (spec_way) {
       GraphKey key;
       key.device = dev;
-      key.add(uint64_t(2)).add(uint64_t(b.cap)).add(uint64_t(end_bit)).add(uint64_t(b.sort_bytes));
+      key.add(uint64_t(2)).add(uint64_t(b.cap)).add(uint64_t(end_bit)).add(uint64_t(b.sort_bytes)).add(uint64_t(b.own));
       key.add(uint64_t(d.B)).add(uint64_t(d.C)).add(uint64_t(d.N)).add(uint64_t(d.W)).add(uint64_t(d.H));
       key.add(uint64_t(d.tile_size)).add(means2d.data_ptr()).add(radii.data_ptr()).add(conics.data_ptr());
       key.add(opac2d.data_ptr()).add(order).add(offsets).add(kp).add(b.vals.data_ptr()).add(b.vals_alt.data_ptr());
@@ -293,7 +328,8 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   } else {
     GraphKey key;
     key.device = dev;
-    key.add(uint64_t(1)).add(uint64_t(MN)).add(uint64_t(dsort_bytes)).add(uint64_t(scan_bytes));
+    key.add(uint64_t(1)).add(uint64_t(MN)).add(uint64_t(dsort_bytes)).add(uint64_t(scan_bytes)).add(uint64_t(own_depth));
+    key.add(spec_zero).add(uint64_t(spec_zero_words));
     key.add(depths.data_ptr()).add(tiles.data_ptr()).add(dp).add(ids.data_ptr()).add(ids_alt.data_ptr());
     key.add(obuf.data_ptr()).add(count_host);
     const cudaError_t e = launch_cached(key, depth_order, &order_alt, stream);
