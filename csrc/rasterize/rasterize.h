@@ -77,10 +77,9 @@ cudaError_t launch_project_bwd(const float* means, const float* quats, const flo
 
 // Onesweep sorts (rasterize_bin_sort.cu): CUB's onesweep kernels dispatched here, every counter
 // they use in one region of sort_state_words(n, end_bit) int32 words that the caller zeroes before
-// the digit counts (one memset, or inside its own kernel). The digit counts come from
-// launch_digit_counts (CUB's histogram and exclusive-sum kernels over the keys) or from the kernel
-// that writes the keys (launch_depth_keys). Sorts of more than onesweep_ok's limit (~268M items)
-// take launch_sort_pairs.
+// the digit counts (one memset, or inside its own kernel). The digit counts (then offsets) come from
+// the kernel that writes the keys (launch_depth_keys, launch_emit_keys). Sorts of more than
+// onesweep_ok's limit (~268M items) take launch_sort_pairs.
 constexpr int kSortRadixBits = 8;
 constexpr int kSortDigits = 1 << kSortRadixBits;
 struct SortState {
@@ -94,7 +93,6 @@ struct SortState {
 bool onesweep_ok(int64_t n);
 int64_t sort_state_words(int64_t n, int end_bit);
 SortState sort_state(int32_t* words, int64_t n, int end_bit);
-cudaError_t launch_digit_counts(const SortState& s, const uint32_t* keys, cudaStream_t stream);
 // The passes over bits [0, s.end_bit): keys / values [s.n] in, the sorted pairs in keys_alt /
 // values_alt when *result_in_alt, else in keys / values. Stable.
 cudaError_t launch_onesweep(const SortState& s, uint32_t* keys, uint32_t* keys_alt, int32_t* values,
@@ -125,9 +123,11 @@ cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* co
 // intersection k goes to slot k (k < the count, the last offset); capacity may be below the count (a
 // speculative buffer; the rest is not emitted) or above it (sentinels: the keys past the count are
 // set to all ones, their values left as they are; else those slots are left as they are).
+// sort != nullptr (sort->n == capacity): also the digit offsets of the tile sort, as launch_depth_keys.
 cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
                              const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,
-                             int32_t* values, int64_t capacity, bool sentinels, cudaStream_t stream);
+                             int32_t* values, int64_t capacity, bool sentinels, const SortState* sort,
+                             cudaStream_t stream);
 // Step 6: tile offsets [M*T] i32 (every entry written) from the first n sorted keys, sorted_keys
 // [n_isects]. n_isects_dev == nullptr: n = n_isects (> 0; 0 launches nothing). Otherwise n is read on
 // the device, n = clamp(*n_isects_dev, 0, n_isects) (n_isects is then the buffer's capacity; a

@@ -21,6 +21,61 @@ namespace {
 
 using splat::Projected;
 
+constexpr int kMaxPasses = 32 / kSortRadixBits;
+
+// Last block of a counting kernel (after every block has added its digit counts to st.bins and
+// taken a ticket): each pass's exclusive sums, in place. Every pass counts the same n keys, so pass
+// p's sums are the running sums over all passes minus p n. The counts must total n in every pass
+// (one count per key of [0, n)); when they do not (a corrupt scan), all offsets are set to 0
+// instead: the sort's writes stay within [0, n) (the result is garbage; the host reports the error).
+template <int Threads, int Passes>
+__device__ __forceinline__ void finish_digit_offsets(const SortState& st, int64_t n) {
+  using Scan = cub::BlockScan<uint32_t, Threads>;
+  constexpr int kBins = Passes * kSortDigits, kPer = kBins / Threads;
+  static_assert(kBins % Threads == 0, "bins per thread");
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ uint32_t s_total;
+  __threadfence();
+  uint32_t v[kPer];
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int b = threadIdx.x * kPer + u;
+    v[u] = b < st.passes * kSortDigits ? __ldcg(st.bins + b) : 0u;
+  }
+  uint32_t total;
+  Scan(scan_tmp).ExclusiveSum(v, v, total);
+  if (threadIdx.x == 0) s_total = total;
+  __syncthreads();
+  const bool ok = s_total == (uint32_t)n * (uint32_t)st.passes;
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int b = threadIdx.x * kPer + u;
+    if (b < st.passes * kSortDigits) st.bins[b] = ok ? v[u] - (uint32_t)(b / kSortDigits) * (uint32_t)n : 0u;
+  }
+}
+
+// The block's digit counts (shared hist, passes x kSortDigits) added to st.bins; true in the block
+// that finished last.
+__device__ __forceinline__ bool flush_digit_counts(const uint32_t* hist, const SortState& st) {
+  __shared__ bool s_last;
+  __syncthreads();
+  for (int b = threadIdx.x; b < st.passes * kSortDigits; b += blockDim.x)
+    if (hist[b] != 0u) atomicAdd(st.bins + b, hist[b]);
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(st.done, 1) == (int)gridDim.x - 1;
+  __syncthreads();
+  return s_last;
+}
+
+// times x the digits of key, one per pass, into the block's counts.
+__device__ __forceinline__ void count_digits(uint32_t* hist, uint32_t key, const SortState& st, uint32_t times = 1) {
+  for (int p = 0; p < st.passes; ++p) {
+    const int bit = p * kSortRadixBits, bits = min(kSortRadixBits, st.end_bit - bit);
+    atomicAdd(&hist[p * kSortDigits + ((key >> bit) & ((1u << bits) - 1u))], times);
+  }
+}
+
 // keys[i] = the bits of depths[i] (positive floats order as their bits; a culled pair's key is
 // whatever its depth holds: it has no tiles, so where it lands does not matter), ids[i] = i. Grid-
 // stride. count: the digit counts of the keys for the depth sort (per block in shared memory, then
@@ -34,12 +89,8 @@ __global__ void __launch_bounds__(kKeyThreads) depth_keys_kernel(const float* __
                                                                  uint32_t* __restrict__ keys,
                                                                  int32_t* __restrict__ ids, SortState st, bool count,
                                                                  int32_t* __restrict__ zero, int64_t zero_words) {
-  using Scan = cub::BlockScan<uint32_t, kKeyThreads>;
   constexpr int kBins = kKeyPasses * kSortDigits;
-  constexpr int kPer = kBins / kKeyThreads;
   __shared__ uint32_t hist[kBins];
-  __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ bool s_last;
   const int tid = threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kKeyThreads, i0 = (int64_t)blockIdx.x * kKeyThreads + tid;
   for (int64_t z = i0; z < zero_words; z += stride) zero[z] = 0;
@@ -49,77 +100,70 @@ __global__ void __launch_bounds__(kKeyThreads) depth_keys_kernel(const float* __
     const uint32_t k = __float_as_uint(depths[i]);
     keys[i] = k;
     ids[i] = (int32_t)i;
-    if (count) {
-#pragma unroll
-      for (int p = 0; p < kKeyPasses; ++p) atomicAdd(&hist[p * kSortDigits + ((k >> (p * kSortRadixBits)) & 0xffu)], 1u);
-    }
+    if (count) count_digits(hist, k, st);
   }
-  if (!count) return;
-  __syncthreads();
-  for (int b = tid; b < kBins; b += kKeyThreads)
-    if (hist[b] != 0u) atomicAdd(st.bins + b, hist[b]);
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) s_last = atomicAdd(st.done, 1) == (int)gridDim.x - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  // the last block: exclusive sums over all passes' bins at once; every pass sums to n, so pass p's
-  // own sums are the running ones minus p n
-  uint32_t v[kPer];
-#pragma unroll
-  for (int u = 0; u < kPer; ++u) v[u] = __ldcg(st.bins + tid * kPer + u);
-  Scan(scan_tmp).ExclusiveSum(v, v);
-#pragma unroll
-  for (int u = 0; u < kPer; ++u) {
-    const int b = tid * kPer + u;
-    st.bins[b] = v[u] - (uint32_t)(b / kSortDigits) * (uint32_t)n;
-  }
+  if (count && flush_digit_counts(hist, st)) finish_digit_offsets<kKeyThreads, kKeyPasses>(st, n);
 }
 
-// Thread per pair in depth order: the pair's tiles (the same tight test as the count, bit for bit:
-// no FMA contraction) as keys (image << tile_bits | tile) at its slots of the scan. sentinels: the
-// key slots [count, capacity) are set to all ones as well (grid-stride).
-__global__ void emit_keys_kernel(const float* __restrict__ means2d, const int32_t* __restrict__ radii,
-                                 const float* __restrict__ conics, const float* __restrict__ opac2d,
-                                 const int32_t* __restrict__ order, const int32_t* __restrict__ offsets, Dims d,
-                                 int tile_bits, uint32_t* __restrict__ keys, int32_t* __restrict__ values,
-                                 int64_t capacity, bool sentinels) {
-  const int64_t s = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+// Pairs in depth order (grid-stride): the pair's tiles (the same tight test as the count, bit for
+// bit: no FMA contraction) as keys (image << tile_bits | tile) at its slots of the scan. sentinels:
+// the key slots [count, capacity) are set to all ones as well. count: the digit counts of the
+// keys written (every slot of [0, capacity) once when the scan is sound) for the tile sort, as
+// depth_keys_kernel does.
+constexpr int kEmitThreads = 256;
+constexpr int kEmitBlocks = 528;  // at most: ~4 per SM of an H200; few global adds per digit
+
+__global__ void __launch_bounds__(kEmitThreads) emit_keys_kernel(
+    const float* __restrict__ means2d, const int32_t* __restrict__ radii, const float* __restrict__ conics,
+    const float* __restrict__ opac2d, const int32_t* __restrict__ order, const int32_t* __restrict__ offsets, Dims d,
+    int tile_bits, uint32_t* __restrict__ keys, int32_t* __restrict__ values, int64_t capacity, bool sentinels,
+    SortState st, bool count) {
+  __shared__ uint32_t hist[kMaxPasses * kSortDigits];
+  const int tid = threadIdx.x;
+  const int64_t stride = (int64_t)gridDim.x * kEmitThreads, i0 = (int64_t)blockIdx.x * kEmitThreads + tid;
   const int64_t MN = d.B * d.C * d.N;
-  if (sentinels) {
-    const int64_t c = offsets[MN - 1];
-    for (int64_t k = (c < 0 ? 0 : c) + s; k < capacity; k += (int64_t)gridDim.x * blockDim.x) keys[k] = ~0u;
+  const int64_t c = offsets[MN - 1];
+  if (count) {
+    for (int b = tid; b < kMaxPasses * kSortDigits; b += kEmitThreads) hist[b] = 0u;
+    __syncthreads();
+    if (sentinels && blockIdx.x == 0 && tid == 0 && c < capacity)
+      count_digits(hist, ~0u, st, (uint32_t)(capacity - (c < 0 ? 0 : c)));
   }
-  if (s >= MN) return;
-  const int64_t k_end = offsets[s];  // inclusive scan in depth order
-  int64_t k = s > 0 ? (int64_t)offsets[s - 1] : 0;
-  if (k == k_end) return;  // no tiles (culled pairs among them)
-  const int32_t i = order[s];
-  const int2 r = reinterpret_cast<const int2*>(radii)[i];
-  Projected<float> p;
-  p.valid = true;
-  const float2 mm = reinterpret_cast<const float2*>(means2d)[i];
-  p.mean2d[0] = mm.x;
-  p.mean2d[1] = mm.y;
-  p.radius[0] = r.x;
-  p.radius[1] = r.y;
-  const float* c = conics + 3 * (int64_t)i;
-  p.conic[0] = c[0];
-  p.conic[1] = c[1];
-  p.conic[2] = c[2];
-  p.opacity = opac2d[i];
-  const uint32_t hi = (uint32_t)(i / d.N) << tile_bits;
-  // Slots [0, capacity) only: a speculative capacity may be below the count, and an int32 overflow of
-  // the scan (caught on the host after this kernel is queued) may make k negative.
-  const int64_t k_lim = k_end < capacity ? k_end : capacity;
-  splat::for_each_tile(p, d.tile_size, d.tiles_x, d.tiles_y, d.W, d.H, [&](int t) {
-    if (k >= 0 && k < k_lim) {
-      keys[k] = hi | (uint32_t)t;
-      values[k] = i;
-    }
-    ++k;
-  });
+  if (sentinels)
+    for (int64_t k = (c < 0 ? 0 : c) + i0; k < capacity; k += stride) keys[k] = ~0u;
+  for (int64_t s = i0; s < MN; s += stride) {
+    const int64_t k_end = offsets[s];  // inclusive scan in depth order
+    int64_t k = s > 0 ? (int64_t)offsets[s - 1] : 0;
+    if (k == k_end) continue;  // no tiles (culled pairs among them)
+    const int32_t i = order[s];
+    const int2 r = reinterpret_cast<const int2*>(radii)[i];
+    Projected<float> p;
+    p.valid = true;
+    const float2 mm = reinterpret_cast<const float2*>(means2d)[i];
+    p.mean2d[0] = mm.x;
+    p.mean2d[1] = mm.y;
+    p.radius[0] = r.x;
+    p.radius[1] = r.y;
+    const float* cn = conics + 3 * (int64_t)i;
+    p.conic[0] = cn[0];
+    p.conic[1] = cn[1];
+    p.conic[2] = cn[2];
+    p.opacity = opac2d[i];
+    const uint32_t hi = (uint32_t)(i / d.N) << tile_bits;
+    // Slots [0, capacity) only: a speculative capacity may be below the count, and an int32 overflow
+    // of the scan (caught on the host after this kernel is queued) may make k negative.
+    const int64_t k_lim = k_end < capacity ? k_end : capacity;
+    splat::for_each_tile(p, d.tile_size, d.tiles_x, d.tiles_y, d.W, d.H, [&](int t) {
+      if (k >= 0 && k < k_lim) {
+        const uint32_t key = hi | (uint32_t)t;
+        keys[k] = key;
+        values[k] = i;
+        if (count) count_digits(hist, key, st);
+      }
+      ++k;
+    });
+  }
+  if (count && flush_digit_counts(hist, st)) finish_digit_offsets<kEmitThreads, kMaxPasses>(st, capacity);
 }
 
 // n = n_max, or (n_dev != nullptr) the count read on the device, clamped to [0, n_max]: then the grid
@@ -188,12 +232,17 @@ cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* co
 
 cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
                              const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,
-                             int32_t* values, int64_t capacity, bool sentinels, cudaStream_t stream) {
+                             int32_t* values, int64_t capacity, bool sentinels, const SortState* sort,
+                             cudaStream_t stream) {
   const int64_t n = d.B * d.C * d.N;
   if (n == 0) return cudaSuccess;
+  if (sort != nullptr && (sort->n != capacity || sort->passes > kMaxPasses)) return cudaErrorInvalidValue;
   const int tile_bits = bit_width((int64_t)d.tiles_x * d.tiles_y);
-  emit_keys_kernel<<<blocks_for(n), kThreads, 0, stream>>>(means2d, radii, conics, opac2d, order, offsets, d,
-                                                            tile_bits, keys, values, capacity, sentinels);
+  const int64_t work = n > capacity ? n : capacity, need = (work + kEmitThreads - 1) / kEmitThreads;
+  const int blocks = (int)(need < kEmitBlocks ? need : kEmitBlocks);
+  emit_keys_kernel<<<blocks, kEmitThreads, 0, stream>>>(means2d, radii, conics, opac2d, order, offsets, d, tile_bits,
+                                                         keys, values, capacity, sentinels,
+                                                         sort ? *sort : SortState(), sort != nullptr);
   return cudaGetLastError();
 }
 

@@ -7,9 +7,9 @@
 // short, and between two of them the GPU idles ~1 us (H200, inside the bin's CUDA graphs); the
 // memsets and histograms took ~35 us of a ~180 us bin at 8 cameras. Here each sort's counters and
 // per-pass look-back state sit in one region that the caller zeroes with one memset (or inside its
-// own kernel), and the depth sort's digit counts are taken by the kernel that writes its keys
-// (rasterize_bin.cu), which also turns them into offsets: 5 launches for the depth sort, 4 for the
-// tile sort. The kernels are CUB's, with its sm_90 tuning for 32-bit keys and values (384 threads x 23
+// own kernel), and each sort's digit counts are taken by the kernel that writes its keys
+// (rasterize_bin.cu), which also turns them into offsets: 5 launches for the depth sort, 2 for the
+// tile sort (its state is zeroed by the depth keys kernel). The kernels are CUB's, with its sm_90 tuning for 32-bit keys and values (384 threads x 23
 // items), fixed for every architecture so the host knows the tile size. They sit in cub::detail: a
 // CCCL whose kernels take other arguments fails to compile here (nothing silent).
 #include <cub/device/device_radix_sort.cuh>
@@ -62,31 +62,6 @@ SortState sort_state(int32_t* words, int64_t n, int end_bit) {
   s.done = s.ctrs + s.passes;
   s.lookback = words + (int64_t)s.passes * kSortDigits + ((s.passes + 1 + 3) / 4) * 4;
   return s;
-}
-
-cudaError_t launch_digit_counts(const SortState& s, const uint32_t* keys, cudaStream_t stream) {
-  static_assert(sizeof(Offset) == sizeof(uint32_t), "bins are uint32");
-  auto histogram = cub::detail::radix_sort::DeviceRadixSortHistogramKernel<Policy, cub::SortOrder::Ascending, uint32_t,
-                                                                           Offset, Decomposer>;
-  constexpr int kHistThreads = Policy::HistogramPolicy::BLOCK_THREADS;
-  // CUB's grid: as many blocks as fit on the device at once (cached per device; benign race)
-  static int grid[64] = {0};
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return e;
-  if (dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
-  if (grid[dev] == 0) {
-    int sms = 0, per_sm = 0;
-    e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, histogram, kHistThreads, 0);
-    if (e != cudaSuccess) return e;
-    grid[dev] = (per_sm > 0 ? per_sm : 1) * sms;
-  }
-  histogram<<<grid[dev], kHistThreads, 0, stream>>>(reinterpret_cast<Offset*>(s.bins), keys, (Offset)s.n, 0,
-                                                    s.end_bit, Decomposer{});
-  cub::detail::radix_sort::DeviceRadixSortExclusiveSumKernel<Policy, Offset>
-      <<<s.passes, Policy::ExclusiveSumPolicy::BLOCK_THREADS, 0, stream>>>(reinterpret_cast<Offset*>(s.bins));
-  return cudaGetLastError();
 }
 
 cudaError_t launch_onesweep(const SortState& s, uint32_t* keys, uint32_t* keys_alt, int32_t* values,

@@ -269,16 +269,17 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
     uint32_t* keys = reinterpret_cast<uint32_t*>(kp);
     uint32_t* keys_alt = reinterpret_cast<uint32_t*>(kp + b.key_bytes);
     auto isects = [&](cudaStream_t st, int* result) -> cudaError_t {
-      cudaError_t e = launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
-                                       opac2d.data_ptr<float>(), order, offsets, d, keys, b.vals.data_ptr<int32_t>(),
-                                       b.cap, spec_way, st);
+      const SortState ts = b.own ? sort_state(reinterpret_cast<int32_t*>(b.sort_storage()), b.cap, end_bit)
+                                 : SortState();
+      cudaError_t e = cudaSuccess;
+      if (b.own && !spec_way) e = cudaMemsetAsync(b.sort_storage(), 0, b.sort_bytes, st);  // (speculative: step 1)
+      if (e == cudaSuccess)
+        e = launch_emit_keys(means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), conics.data_ptr<float>(),
+                             opac2d.data_ptr<float>(), order, offsets, d, keys, b.vals.data_ptr<int32_t>(), b.cap,
+                             spec_way, b.own ? &ts : nullptr, st);
       bool alt = false;
       if (e == cudaSuccess && b.own) {
-        const SortState ts = sort_state(reinterpret_cast<int32_t*>(b.sort_storage()), b.cap, end_bit);
-        if (!spec_way) e = cudaMemsetAsync(b.sort_storage(), 0, b.sort_bytes, st);  // (speculative: zeroed in step 1)
-        if (e == cudaSuccess) e = launch_digit_counts(ts, keys, st);
-        if (e == cudaSuccess)
-          e = launch_onesweep(ts, keys, keys_alt, b.vals.data_ptr<int32_t>(), b.vals_alt.data_ptr<int32_t>(), &alt, st);
+        e = launch_onesweep(ts, keys, keys_alt, b.vals.data_ptr<int32_t>(), b.vals_alt.data_ptr<int32_t>(), &alt, st);
       } else if (e == cudaSuccess) {
         e = launch_sort_pairs(kp + 2 * b.key_bytes, &b.sort_bytes, keys, keys_alt, b.vals.data_ptr<int32_t>(),
                               b.vals_alt.data_ptr<int32_t>(), b.cap, end_bit, &alt, st);
