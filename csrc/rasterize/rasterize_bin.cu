@@ -83,13 +83,12 @@ __device__ __forceinline__ void count_digits(uint32_t* hist, uint32_t key, const
 // zeroes zero[0, zero_words).
 constexpr int kKeyThreads = 512;
 constexpr int kKeyBlocks = 256;  // at most; enough to stream the keys, few global adds per bin
-constexpr int kKeyPasses = 32 / kSortRadixBits;
 
 __global__ void __launch_bounds__(kKeyThreads) depth_keys_kernel(const float* __restrict__ depths, int64_t n,
                                                                  uint32_t* __restrict__ keys,
                                                                  int32_t* __restrict__ ids, SortState st, bool count,
                                                                  int32_t* __restrict__ zero, int64_t zero_words) {
-  constexpr int kBins = kKeyPasses * kSortDigits;
+  constexpr int kBins = kMaxPasses * kSortDigits;
   __shared__ uint32_t hist[kBins];
   const int tid = threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kKeyThreads, i0 = (int64_t)blockIdx.x * kKeyThreads + tid;
@@ -102,7 +101,7 @@ __global__ void __launch_bounds__(kKeyThreads) depth_keys_kernel(const float* __
     ids[i] = (int32_t)i;
     if (count) count_digits(hist, k, st);
   }
-  if (count && flush_digit_counts(hist, st)) finish_digit_offsets<kKeyThreads, kKeyPasses>(st, n);
+  if (count && flush_digit_counts(hist, st)) finish_digit_offsets<kKeyThreads, kMaxPasses>(st, n);
 }
 
 // Pairs in depth order (grid-stride): the pair's tiles (the same tight test as the count, bit for
@@ -204,7 +203,7 @@ __global__ void tile_offsets_kernel(const uint32_t* __restrict__ keys, int64_t n
 cudaError_t launch_depth_keys(const float* depths, int64_t n, uint32_t* keys, int32_t* ids, const SortState* sort,
                               int32_t* zero, int64_t zero_words, cudaStream_t stream) {
   if (n == 0 && zero_words == 0) return cudaSuccess;
-  if (sort != nullptr && (sort->passes != kKeyPasses || sort->n != n || n >= (int64_t(1) << 30)))
+  if (sort != nullptr && (sort->passes != kMaxPasses || sort->n != n || n >= (int64_t(1) << 30)))
     return cudaErrorInvalidValue;
   const int64_t work = n > zero_words ? n : zero_words, need = (work + kKeyThreads - 1) / kKeyThreads;
   const int blocks = (int)(need < kKeyBlocks ? need : kKeyBlocks);

@@ -8,10 +8,11 @@
 // memsets and histograms took ~35 us of a ~180 us bin at 8 cameras. Here each sort's counters and
 // per-pass look-back state sit in one region that the caller zeroes with one memset (or inside its
 // own kernel), and each sort's digit counts are taken by the kernel that writes its keys
-// (rasterize_bin.cu), which also turns them into offsets: 5 launches for the depth sort, 2 for the
-// tile sort (its state is zeroed by the depth keys kernel). The kernels are CUB's, with its sm_90 tuning for 32-bit keys and values (384 threads x 23
-// items), fixed for every architecture so the host knows the tile size. They sit in cub::detail: a
-// CCCL whose kernels take other arguments fails to compile here (nothing silent).
+// (rasterize_bin.cu), which also turns them into offsets: a memset and the passes for the depth
+// sort, the passes alone for the tile sort (its state is zeroed by the depth keys kernel). The
+// kernels are CUB's, with its sm_90 tuning for 32-bit keys and values (384 threads x 23 items), fixed
+// for every architecture so the host knows the tile size. They sit in cub::detail: a CCCL whose
+// kernels take other arguments fails to compile here (nothing silent).
 #include <cub/device/device_radix_sort.cuh>
 
 #include "rasterize/rasterize.h"
@@ -40,6 +41,8 @@ constexpr int64_t kPortion = ((int64_t(1) << 28) - 1) / kTileItems * kTileItems;
 
 int passes_for(int end_bit) { return (end_bit + kSortRadixBits - 1) / kSortRadixBits; }
 int64_t blocks_of(int64_t n) { return (n + kTileItems - 1) / kTileItems; }
+// words before the look-back state: bins, tickets and done, padded to 4 words
+int64_t head_words(int passes) { return (int64_t)passes * kSortDigits + (passes + 1 + 3) / 4 * 4; }
 
 }  // namespace
 
@@ -47,8 +50,7 @@ bool onesweep_ok(int64_t n) { return n > 0 && n <= kPortion; }
 
 int64_t sort_state_words(int64_t n, int end_bit) {
   const int p = passes_for(end_bit);
-  // bins, tickets, done (padded to 4 words), look-back
-  return (int64_t)p * kSortDigits + ((p + 1 + 3) / 4) * 4 + (int64_t)p * blocks_of(n) * kSortDigits;
+  return head_words(p) + (int64_t)p * blocks_of(n) * kSortDigits;
 }
 
 SortState sort_state(int32_t* words, int64_t n, int end_bit) {
@@ -60,7 +62,7 @@ SortState sort_state(int32_t* words, int64_t n, int end_bit) {
   s.bins = reinterpret_cast<uint32_t*>(words);
   s.ctrs = words + (int64_t)s.passes * kSortDigits;
   s.done = s.ctrs + s.passes;
-  s.lookback = words + (int64_t)s.passes * kSortDigits + ((s.passes + 1 + 3) / 4) * 4;
+  s.lookback = words + head_words(s.passes);
   return s;
 }
 
