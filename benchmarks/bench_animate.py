@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ffavatar import canonical_gaussians, intrinsics, motion_script, orbit, synthetic_head
-from ffavatar.animate import Backend, render_frames, select_backend
+from ffavatar.render import Backend, render_frames, select_backend
 
 SIZE = 512
 
@@ -51,7 +51,7 @@ def test_animate_ours(benchmark, scene, B):
 @pytest.mark.parametrize("B", [1, 16])
 def test_animate_torch_lbs_gsplat(benchmark, scene, B):
     gsplat = pytest.importorskip("gsplat")
-    from ffavatar_kernels.reference import lbs as ref_lbs
+    from ffavatar_kernels.reference import flame_lbs as ref_lbs
 
     def rast(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds=None):
         # Background composited here: gsplat 1.5.3 rejects [B,C,D] backgrounds with batched scenes.

@@ -14,13 +14,11 @@ import time
 import pytest
 import torch
 
-from ffavatar_kernels import _ext
-
+import ffavatar_kernels as fk
 
 
 def _has_cuda_rasterize() -> bool:
-    return torch.cuda.is_available() and _ext.load() and hasattr(torch.ops.ffavatar, "rasterize_render") and \
-        torch._C._dispatch_has_kernel_for_dispatch_key("ffavatar::rasterize_render", "CUDA")
+    return torch.cuda.is_available() and fk.has_kernel("rasterize", "cuda")
 
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not _has_cuda_rasterize(), reason="needs a GPU and the CUDA kernels")]
@@ -31,7 +29,7 @@ KEYS = ("means", "quats", "scales", "opacities", "colors")
 
 
 def _scene(case):
-    from ffavatar_kernels._rasterize_scenes import head_scene
+    from benchmarks.scenes import head_scene
     return head_scene(size=SIZE, device="cuda", **CASES[case])
 
 

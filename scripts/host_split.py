@@ -1,5 +1,5 @@
 """Where one synchronized rasterize forward's wall time goes, without a profiler (81K head, 512x512,
-C cameras): the ops called as rasterize() calls them, host timestamps (perf_counter) after each op
+C cameras): the registered ops (torch.ops.ffavatar.rasterize_*) called as rasterize() calls them, host timestamps (perf_counter) after each op
 returns, and CUDA events recorded between the ops, all relative to an event recorded at the call's
 start, as benchmarks/bench_rasterize.py times a call. Medians over 50 steady calls.
 Usage: python scripts/host_split.py [C]"""
@@ -10,25 +10,27 @@ import time
 import torch
 
 import ffavatar_kernels as fk
-from ffavatar_kernels import _rasterize_ops as ro
-from ffavatar_kernels._rasterize_scenes import head_scene
+import _paths  # noqa: F401  (repository root on sys.path)
+from benchmarks.scenes import head_scene
 
 
 def main(C: int) -> None:
     s = head_scene(C=C, size=512)
     W = H = 512
 
+    ops = torch.ops.ffavatar
+
     def staged(ev, hs):
         ev[0].record()
         hs.append(time.perf_counter())
-        m2, dp, cn, op, rr, tl = ro.project(s["means"], s["quats"], s["scales"], s["opacities"], s["viewmats"],
-                                            s["Ks"], W, H, 0.01, 1e10, 0.3, False, 16)
+        m2, dp, cn, op, rr, tl = ops.rasterize_project(s["means"], s["quats"], s["scales"], s["opacities"],
+                                                       s["viewmats"], s["Ks"], W, H, 0.01, 1e10, 0.3, False, 16)
         hs.append(time.perf_counter())
         ev[1].record()
-        offs, fids = ro.bin_(m2, rr, dp, cn, op, tl, W, H, 16)
+        offs, fids = ops.rasterize_bin(m2, rr, dp, cn, op, tl, W, H, 16)
         hs.append(time.perf_counter())
         ev[2].record()
-        img = ro.render(m2, cn, op, s["colors"], None, offs, fids, W, H, 16)
+        img = ops.rasterize_render(m2, cn, op, s["colors"], None, offs, fids, W, H, 16)
         hs.append(time.perf_counter())
         ev[3].record()
         return img

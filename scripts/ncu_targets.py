@@ -10,7 +10,8 @@ import sys
 import torch
 
 import ffavatar_kernels as fk
-from ffavatar_kernels._rasterize_scenes import head_scene
+import _paths  # noqa: F401  (repository root on sys.path)
+from benchmarks.scenes import head_scene
 
 V, J, S, P, N = 5023, 5, 400, 36, 81424
 

@@ -21,7 +21,7 @@ def timeline(B: int, out_dir: str, subdiv: bool) -> None:
     F = importlib.import_module("ffavatar_kernels.flame_lbs")
     dev = "cuda"
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-    bench = importlib.import_module("bench_lbs")
+    bench = importlib.import_module("bench_flame_lbs")
     models = [bench._args(bench._model(dev)) for _ in range(COPIES)]
     idx, aw, off, q = (bench._subdiv_anchors if subdiv else bench._anchors)(dev)
     betas = [torch.randn(B, S, device=dev) for _ in range(COPIES)]

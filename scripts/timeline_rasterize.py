@@ -11,7 +11,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import ffavatar_kernels as fk
-from ffavatar_kernels._rasterize_scenes import head_scene
+import _paths  # noqa: F401  (repository root on sys.path)
+from benchmarks.scenes import head_scene
 
 
 KEYS = ("means", "quats", "scales", "opacities", "colors")

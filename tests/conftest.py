@@ -1,9 +1,13 @@
 """Shared test setup: `cuda` marker skips without a GPU; every test gets a fresh random seed."""
 import os
 import random
+import sys
 
 import pytest
 import torch
+
+# The repository root on sys.path: the GPU tests use the benchmark scenes (benchmarks/scenes.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Without a GPU, run the Triton kernels in the interpreter (must be set before triton is imported).
 if not torch.cuda.is_available():

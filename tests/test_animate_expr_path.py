@@ -4,12 +4,13 @@ gradients reach the shape, bad widths rejected."""
 import pytest
 import torch
 
-from ffavatar.animate import Animator, Backend, motion_script, render_frames, select_backend
-from ffavatar.camera import intrinsics, orbit
-from ffavatar.gaussians import canonical_gaussians
-from ffavatar.synthetic import synthetic_head
+from ffavatar.flame.motion import motion_script
+from ffavatar.render import Animator, Backend, render_frames, select_backend
+from ffavatar.geometry.cameras import intrinsics, orbit
+from ffavatar.flame.gaussians import canonical_gaussians
+from ffavatar.flame.synthetic import synthetic_head
 from ffavatar_kernels import _ext
-from ffavatar_kernels.reference import lbs as ref_lbs
+from ffavatar_kernels.reference import flame_lbs as ref_lbs
 
 B, SIZE = 2, 16
 BACKENDS = ["reference", pytest.param("compiled", marks=pytest.mark.skipif(

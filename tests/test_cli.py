@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _kernels_importable():
     try:
         import ffavatar_kernels  # noqa: F401
-        from ffavatar_kernels.reference import lbs, rasterize  # noqa: F401
+        from ffavatar_kernels.reference import flame_lbs, rasterize  # noqa: F401
         return True
     except Exception:
         return False
@@ -82,7 +82,7 @@ def test_demo_rejects_bad_args(tmp_path):
 
 def test_gif_writer(tmp_path):
     import imageio.v3 as iio
-    from ffavatar.video import VideoWriter
+    from ffavatar.render.video import VideoWriter
     frames = torch.rand(3, 20, 30, 3)
     with VideoWriter(tmp_path / "a.gif", fps=10) as w:
         for f in frames:
@@ -98,8 +98,8 @@ def test_gif_writer(tmp_path):
 @needs_kernels
 def test_tiled_reference_matches_dense():
     from ffavatar_kernels.reference import rasterize as ref
-    from ffavatar.animate import _tiled_reference_rasterize
-    from ffavatar.camera import intrinsics, look_at
+    from ffavatar_kernels.reference.rasterize import rasterize_tiled
+    from ffavatar.geometry.cameras import intrinsics, look_at
     B, N, W, H = 2, 300, 40, 24
     dt = torch.float64
     means = torch.randn(B, N, 3, dtype=dt) * 0.3
@@ -112,8 +112,7 @@ def test_tiled_reference_matches_dense():
     K = intrinsics(W, H, 40.0, dtype=dt).expand(B, 1, 3, 3)
     bg = torch.rand(B, 1, 3, dtype=dt)
     want, wa, _ = ref.rasterize(means, quats, scales, opac, colors, vm, K, W, H, backgrounds=bg)
-    got, ga = _tiled_reference_rasterize(means, quats, scales, opac, colors, vm, K, W, H, bg, tile=8,
-                                         tiles_per_call=5)
+    got, ga = rasterize_tiled(means, quats, scales, opac, colors, vm, K, W, H, bg, tile=8, tiles_per_call=5)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ga, wa, rtol=1e-10, atol=1e-10)
 
@@ -139,7 +138,7 @@ def test_demo_rejects_bad_fps_and_batch(tmp_path, opt, val):
 
 
 def test_motion_script_fps():
-    from ffavatar.animate import motion_script
+    from ffavatar.flame.motion import motion_script
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="fps"):
             motion_script(3, 4, 4, fps=bad)
@@ -152,10 +151,10 @@ def test_motion_script_fps():
 
 
 def test_animator_fps_and_batch(monkeypatch):
-    import ffavatar.animate as A
-    from ffavatar.animate import Animator, Backend
-    from ffavatar.gaussians import canonical_gaussians
-    from ffavatar.synthetic import synthetic_head
+    import ffavatar.render.animator as A
+    from ffavatar.render import Animator, Backend
+    from ffavatar.flame.gaussians import canonical_gaussians
+    from ffavatar.flame.synthetic import synthetic_head
     m = synthetic_head()
     g = canonical_gaussians(m, levels=1)
     dummy = Backend(skin_gaussians=None, rasterize=None, description="dummy")

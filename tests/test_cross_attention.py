@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ffavatar_kernels.cross_attention import cross_attention, force_math_path
-from ffavatar_kernels.reference.attention import cross_attention as ref_attention
+from ffavatar_kernels.reference.cross_attention import cross_attention as ref_attention
 
 INTERP = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

@@ -9,7 +9,7 @@ import scipy.sparse
 import torch
 
 from ffavatar.flame import FlameFileError, FlameModel, load_flame, save_flame_npz
-from ffavatar.synthetic import synthetic_head
+from ffavatar.flame.synthetic import synthetic_head
 
 
 def _fake_flame_dict(V=40, J=5, S=12, F=30, rng=None):

@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
-from ffavatar.camera import intrinsics, look_at, orbit
-from ffavatar.gaussians import anchor_points, canonical_gaussians, quat_to_matrix
-from ffavatar.subdivide import mesh_edges, subdivide, subdivision_counts
-from ffavatar.synthetic import synthetic_head
+from ffavatar.geometry.cameras import intrinsics, look_at, orbit
+from ffavatar.flame.gaussians import anchor_points, canonical_gaussians
+from ffavatar.geometry.rotations import quat_to_matrix
+from ffavatar.geometry.subdivide import mesh_edges, subdivide, subdivision_counts
+from ffavatar.flame.synthetic import synthetic_head
 
 
 def _grid(n):

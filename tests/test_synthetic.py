@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ffavatar.synthetic import synthetic_head, synthetic_layout, build_layout
+from ffavatar.flame.synthetic import synthetic_head, synthetic_layout, build_layout
 
 
 def _rodrigues(r):

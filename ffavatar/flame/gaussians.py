@@ -1,7 +1,7 @@
 """Canonical 3D Gaussians on the twice-subdivided head surface.
 
 Every Gaussian sits on an anchor point (a sparse combination of up to 4 base vertices, see
-:mod:`ffavatar.subdivide`), is oriented along the surface tangent frame (local x, y in the tangent
+:mod:`ffavatar.geometry.subdivide`), is oriented along the surface tangent frame (local x, y in the tangent
 plane, local z along the outward normal), is flat along the normal, and takes its color from the
 vertex colors. Values are "activated": scales in meters, opacities in [0,1], colors in [0,1] -- the
 form ``ffavatar_kernels.rasterize`` takes.
@@ -12,11 +12,11 @@ import dataclasses
 
 import torch
 
-from .flame import FlameModel
-from .subdivide import subdivide
+from ..geometry.rotations import matrix_to_quat, tangent_frames
+from ..geometry.subdivide import subdivide
+from .model import FlameModel
 
-__all__ = ["CanonicalGaussians", "canonical_gaussians", "anchor_points", "vertex_normals",
-           "quat_from_matrix", "quat_to_matrix"]
+__all__ = ["CanonicalGaussians", "canonical_gaussians", "anchor_points", "vertex_normals"]
 
 
 @dataclasses.dataclass
@@ -92,53 +92,6 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-20)
 
 
-def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """[...,4] wxyz (any norm) -> [...,3,3] rotation matrices."""
-    q = q / q.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(q.shape[:-1] + (3, 3))
-
-
-def quat_from_matrix(R: torch.Tensor) -> torch.Tensor:
-    """[...,3,3] rotation matrices -> [...,4] unit wxyz quaternions with w >= 0 (stable branches)."""
-    m = R
-    t = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    cands = torch.stack([
-        torch.stack([1 + t, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-                     m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0],
-                     1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
-                     1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1),
-    ], -2)                                                            # [...,4,4]
-    diag = torch.stack([t, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
-    best = diag.argmax(-1)
-    q = torch.gather(cands, -2, best[..., None, None].expand(best.shape + (1, 4))).squeeze(-2)
-    q = q / q.norm(dim=-1, keepdim=True)
-    return torch.where(q[..., :1] < 0, -q, q)
-
-
-def tangent_frames(normals: torch.Tensor) -> torch.Tensor:
-    """[N,3] unit normals -> [N,3,3] rotations with columns (tangent, bitangent, normal).
-
-    The tangent is the world up axis (+y) projected onto the tangent plane (world +x where the
-    normal is nearly vertical), so frames vary smoothly over the face.
-    """
-    up = torch.zeros_like(normals)
-    up[:, 1] = 1.0
-    alt = torch.zeros_like(normals)
-    alt[:, 0] = 1.0
-    ref = torch.where((normals[:, 1:2].abs() > 0.95), alt, up)
-    t = ref - (ref * normals).sum(-1, keepdim=True) * normals
-    t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-20)
-    b = torch.linalg.cross(normals, t)
-    return torch.stack([t, b, normals], -1)
-
-
 def canonical_gaussians(model: FlameModel, levels: int = 2, *, opacity: float = 0.95,
                         scale_factor: float = 0.6, normal_ratio: float = 0.15) -> CanonicalGaussians:
     """Initialise Gaussians on the ``levels``-times subdivided surface of ``model`` (its template).
@@ -171,7 +124,7 @@ def canonical_gaussians(model: FlameModel, levels: int = 2, *, opacity: float = 
     if bool(bad.any()):
         radial = means - means.mean(0)
         normals[bad] = radial[bad] / radial[bad].norm(dim=-1, keepdim=True).clamp_min(1e-20)
-    quats = quat_from_matrix(tangent_frames(normals))
+    quats = matrix_to_quat(tangent_frames(normals))
     # local spacing: mean length of the edges incident to each point
     e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], 0)
     length = (means[e[:, 0]] - means[e[:, 1]]).norm(dim=-1)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["flame_lbs", "skin_gaussians", "batch_rodrigues", "matrix_to_quaternion",
+from .rotations import QUAT_EPS as _QUAT_EPS
+from .rotations import matrix_to_quat, quat_mul
+
+__all__ = ["flame_lbs", "skin_gaussians", "batch_rodrigues", "matrix_to_quat",
            "shape_template"]
-
-_QUAT_EPS = 1e-12
-
 
 def _series_ab(s: torch.Tensor):
     """a(s)=sin θ/θ, b(s)=(1-cos θ)/θ² with s=θ², Taylor for small θ."""
@@ -114,44 +114,6 @@ def flame_lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents
     return verts, joints
 
 
-def matrix_to_quaternion(M: torch.Tensor) -> torch.Tensor:
-    """Unit quaternion (wxyz, w >= 0) of ``M [...,3,3]`` by Shepperd's method (any 3x3 matrix)."""
-    m00, m01, m02 = M[..., 0, 0], M[..., 0, 1], M[..., 0, 2]
-    m10, m11, m12 = M[..., 1, 0], M[..., 1, 1], M[..., 1, 2]
-    m20, m21, m22 = M[..., 2, 0], M[..., 2, 1], M[..., 2, 2]
-    tr = m00 + m11 + m22
-    # pairs: (w,x)=m21-m12, (w,y)=m02-m20, (w,z)=m10-m01, (x,y)=m01+m10, (x,z)=m02+m20, (y,z)=m12+m21
-    wx, wy, wz = m21 - m12, m02 - m20, m10 - m01
-    xy, xz, yz = m01 + m10, m02 + m20, m12 + m21
-    cands = []
-    for t, big, others in (
-        (1 + tr, 0, (wx, wy, wz)),
-        (1 + m00 - m11 - m22, 1, (wx, xy, xz)),
-        (1 - m00 + m11 - m22, 2, (wy, xy, yz)),
-        (1 - m00 - m11 + m22, 3, (wz, xz, yz)),
-    ):
-        s = 2 * torch.sqrt(torch.clamp(t, min=1e-30))
-        comps = [o / s for o in others]
-        comps.insert(big, s / 4)
-        cands.append(torch.stack(comps, -1))
-    stacked = torch.stack(cands, -2)  # [...,4,4]
-    branch = torch.stack([tr, m00, m11, m22], -1).argmax(-1)
-    q = torch.gather(stacked, -2, branch[..., None, None].expand(*branch.shape, 1, 4))[..., 0, :]
-    q = q / torch.clamp(q.norm(dim=-1, keepdim=True), min=_QUAT_EPS)
-    return torch.where(q[..., :1] < 0, -q, q)
-
-
-def _quat_mul(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    pw, px, py, pz = p.unbind(-1)
-    qw, qx, qy, qz = q.unbind(-1)
-    return torch.stack([
-        pw * qw - px * qx - py * qy - pz * qz,
-        pw * qx + px * qw + py * qz - pz * qy,
-        pw * qy - px * qz + py * qw + pz * qx,
-        pw * qz + px * qy - py * qx + pz * qw,
-    ], -1)
-
-
 def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights,
                    anchor_idx, anchor_weights, offsets=None, quats=None, *, means_only=False):
     """Reference anchored-Gaussian skinning (same signature as ``ffavatar_kernels.skin_gaussians``).
@@ -178,8 +140,8 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
         qg = quats / torch.clamp(quats.norm(dim=-1, keepdim=True), min=_QUAT_EPS)
     if means_only:
         return means, qg.expand(B, N, 4).clone()
-    qT = matrix_to_quaternion(T[..., :3])
-    return means, _quat_mul(qT, qg.expand(B, N, 4))
+    qT = matrix_to_quat(T[..., :3])
+    return means, quat_mul(qT, qg.expand(B, N, 4))
 
 
 def shape_template(v_template, shapedirs, betas_shape):

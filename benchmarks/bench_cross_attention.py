@@ -91,7 +91,7 @@ def _fn(impl: str, c: dict):
 
 def _fwd_error(fn, c: dict, rows: int = 1024) -> float:
     """||out - ref|| / ||ref|| on the first ``rows`` queries, ref = fp32 math on the bf16 inputs."""
-    from ffavatar_kernels.reference.attention import cross_attention as ref
+    from ffavatar_kernels.reference.cross_attention import cross_attention as ref
     q, k, v, cu = c["q"], c["k"], c["v"], c["cu"]
     out = fn(q, k, v)[:, :, :rows].float()
     r = ref(q[:, :, :rows].float(), k.float(), v.float(), cu_seqlens_k=cu)

@@ -17,11 +17,11 @@ import os
 import pytest
 import torch
 
-from ffavatar_kernels import _ext
-from ffavatar_kernels.reference import lbs as ref
+import ffavatar_kernels as fk
+from ffavatar_kernels.reference import flame_lbs as ref
 
 pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available() or not _ext.has_cuda_kernels(),
+              pytest.mark.skipif(not torch.cuda.is_available() or not fk.has_cuda_kernels(),
                                  reason="needs a GPU and the CUDA kernels")]
 F = importlib.import_module("ffavatar_kernels.flame_lbs")
 
@@ -46,10 +46,10 @@ def _anchors(dev):
 
 
 def _subdiv_anchors(dev):
-    """The synthetic head's subdivision anchors (what ffavatar.gaussians builds), padded to N rows by
+    """The synthetic head's subdivision anchors (what ffavatar.flame.canonical_gaussians builds), padded to N rows by
     repeating its first points; same offsets / quaternions as _anchors."""
-    from ffavatar.subdivide import subdivide
-    from ffavatar.synthetic import synthetic_head
+    from ffavatar.geometry.subdivide import subdivide
+    from ffavatar.flame.synthetic import synthetic_head
     head = synthetic_head()
     assert head.num_vertices == V
     idx, w, _ = subdivide(head.faces, V, 2)

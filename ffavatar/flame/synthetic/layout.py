@@ -1,4 +1,4 @@
-"""The embedded default head: a procedural, FLAME-structured synthetic head.
+"""Geometry of the embedded default head: a procedural, FLAME-structured synthetic head.
 
 FLAME itself may not be redistributed, so demos, tests and benchmarks use this stand-in with the
 exact FLAME structure: V = 5,023 vertices, J = 5 joints (global, neck, jaw, left eye, right eye;
@@ -13,20 +13,17 @@ lower-lip vertices of the mouth row are duplicated) with a dark oral cavity behi
 really opens the mouth. Two eyeball spheres sit in the sockets, skinned rigidly to the eye joints.
 
 The blendshapes, skinning weights, joint regressor and pose correctives are built in
-:mod:`ffavatar._synthetic_rig`. Everything is deterministic (fixed formulas and a fixed-seed RNG)
-and takes a fraction of a second; the result is cached.
+:mod:`ffavatar.flame.synthetic.rig`, the colours in :mod:`ffavatar.flame.synthetic.colors`;
+:mod:`ffavatar.flame.synthetic.head` assembles the FlameModel. Everything is deterministic (fixed
+formulas and a fixed-seed RNG) and takes a fraction of a second; the result is cached.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
-import torch
 
-from .flame import FlameModel
-
-__all__ = ["synthetic_head", "SYNTHETIC_NUM_VERTICES", "HeadLayout"]
+__all__ = ["SYNTHETIC_NUM_VERTICES", "HeadLayout", "build_layout"]
 
 SYNTHETIC_NUM_VERTICES = 5023
 
@@ -250,39 +247,3 @@ def build_layout() -> HeadLayout:
     return HeadLayout(verts=verts, faces=faces, grid=grid, u=uu, row=rr, part=part, lip_side=lip_side,
                       mouth_row=mouth_row, mouth_y=mouth_y, eye_centers=np.stack(eye_centers),
                       cavity_t=cav_t)
-
-
-@functools.lru_cache(maxsize=1)
-def _build_arrays() -> dict:
-    from ._synthetic_rig import build_rig
-    lay = build_layout()
-    rig = build_rig(lay)
-    return {"layout": lay, **rig}
-
-
-def synthetic_head(dtype: torch.dtype = torch.float32, device: "torch.device | str" = "cpu") -> FlameModel:
-    """The procedural FLAME-structured head (deterministic; built once and cached).
-
-    Args:
-        dtype: floating dtype of the returned tensors.
-        device: device of the returned tensors.
-
-    Returns:
-        A fresh :class:`FlameModel` (V=5023, J=5, 300 shape + 100 expression components, 36 pose
-        correctives, vertex colors); mutating it does not affect later calls.
-    """
-    a = _build_arrays()
-
-    def t(x: np.ndarray) -> torch.Tensor:
-        return torch.tensor(x, dtype=dtype, device=device)
-
-    return FlameModel(
-        v_template=t(a["layout"].verts), shapedirs=t(a["shapedirs"]), posedirs=t(a["posedirs"]),
-        J_regressor=t(a["J_regressor"]), parents=torch.tensor([-1, 0, 1, 1, 1], dtype=torch.int64, device=device),
-        lbs_weights=t(a["lbs_weights"]), faces=torch.tensor(a["layout"].faces, device=device),
-        vertex_colors=t(a["vertex_colors"]), n_shape=300, n_expr=100)
-
-
-def synthetic_layout() -> HeadLayout:
-    """Index sets of the synthetic head (which vertices are lips, eyes, cavity, ...), for tests."""
-    return _build_arrays()["layout"]
