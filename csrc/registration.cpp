@@ -10,7 +10,7 @@ TORCH_LIBRARY(ffavatar, m) {
   // (pose [B,J,3]) or matrices (pose [B,J,3,3]), kinematic chain -> rot_mats, posed joints, A_j.
   m.def("flame_lbs_joints(Tensor betas, Tensor pose, Tensor J_template, Tensor J_dirs, int[] parents) "
         "-> (Tensor rot_mats, Tensor joints, Tensor transforms)");
-  m.def("flame_lbs_joints_backward(Tensor? grad_rot_mats, Tensor? grad_joints, Tensor? grad_transforms, "
+  m.def("flame_lbs_joints_bwd(Tensor? grad_rot_mats, Tensor? grad_joints, Tensor? grad_transforms, "
         "Tensor betas, Tensor pose, Tensor J_template, Tensor J_dirs, int[] parents) "
         "-> (Tensor grad_betas, Tensor grad_pose, Tensor grad_joints_rest)");
   // Vertices: blendshapes + pose correctives + skinning; v_posed = pre-skinning vertices, padded
@@ -22,7 +22,7 @@ TORCH_LIBRARY(ffavatar, m) {
   // lbs_weights, anchor_idx, anchor_weights, quats before waiting). Ignored on the CPU.
   m.def("flame_lbs(Tensor betas, Tensor rot_mats, Tensor transforms, Tensor v_template, Tensor shapedirs, "
         "Tensor posedirs, Tensor lbs_weights, bool pdl=False) -> (Tensor vertices, Tensor v_posed)");
-  m.def("flame_lbs_backward(Tensor? grad_vertices, Tensor? grad_v_posed, Tensor betas, Tensor rot_mats, "
+  m.def("flame_lbs_bwd(Tensor? grad_vertices, Tensor? grad_v_posed, Tensor betas, Tensor rot_mats, "
         "Tensor transforms, Tensor shapedirs, Tensor posedirs, Tensor lbs_weights, Tensor v_posed, "
         "bool need_v_template, bool need_shapedirs, bool need_posedirs, bool need_lbs_weights) "
         "-> (Tensor grad_betas, Tensor grad_rot_mats, Tensor grad_transforms, Tensor grad_v_template, "
@@ -35,7 +35,7 @@ TORCH_LIBRARY(ffavatar, m) {
   m.def("skin_gaussians(Tensor v_posed, Tensor transforms, Tensor lbs_weights, Tensor anchor_idx, "
         "Tensor anchor_weights, Tensor? offsets, Tensor? quats, bool means_only, bool pdl=False, "
         "Tensor? joint_weights=None) -> (Tensor means, Tensor quats_out)");
-  m.def("skin_gaussians_backward(Tensor? grad_means, Tensor? grad_quats, Tensor v_posed, Tensor transforms, "
+  m.def("skin_gaussians_bwd(Tensor? grad_means, Tensor? grad_quats, Tensor v_posed, Tensor transforms, "
         "Tensor lbs_weights, Tensor anchor_idx, Tensor anchor_weights, Tensor? offsets, Tensor? quats, "
         "bool means_only, bool need_lbs_weights, bool need_anchor_weights, Tensor? joint_weights=None) -> "
         "(Tensor grad_v_posed, Tensor grad_transforms, Tensor grad_lbs_weights, Tensor grad_anchor_weights, "
@@ -59,7 +59,7 @@ TORCH_LIBRARY(ffavatar, m) {
         "Tensor tiles_per_gauss)");
   m.def("rasterize_project_bwd(Tensor means, Tensor quats, Tensor scales, Tensor opacities, Tensor viewmats, "
         "Tensor Ks, Tensor radii, Tensor v_means2d, Tensor v_depths, Tensor v_conics, Tensor v_opacities2d, "
-        "int width, int height, float eps2d, bool antialiased) -> (Tensor v_means, Tensor v_quats, "
+        "int width, int height, int tile_size, float eps2d, bool antialiased) -> (Tensor v_means, Tensor v_quats, "
         "Tensor v_scales, Tensor v_opacities)");
   m.def("rasterize_bin(Tensor means2d, Tensor radii, Tensor depths, Tensor conics, Tensor opacities2d, "
         "Tensor tiles_per_gauss, int width, int height, int tile_size) -> (Tensor tile_offsets, "

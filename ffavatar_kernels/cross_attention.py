@@ -1,8 +1,8 @@
 """Flash cross-attention (Triton): dense SDPA layout and flash-attn style varlen key/value banks.
 
-Public op: :func:`cross_attention`. Registered as ``torch.ops.ffavatar.cross_attention_fwd`` /
-``cross_attention_bwd`` (``torch.library.triton_op``, so ``torch.compile`` sees the Triton kernels),
-with autograd and fake kernels. Backends:
+Public op: :func:`cross_attention`. :func:`register` defines ``torch.ops.ffavatar.cross_attention_fwd``
+/ ``cross_attention_bwd`` (``torch.library.triton_op``, so ``torch.compile`` sees the Triton kernels)
+with autograd. Backends:
 
 - CUDA tensors (fp16 / bf16 / fp32): the Triton kernels in ``ffavatar_kernels.triton``; fp16/bf16
   use tensor-core dots with fp32 accumulation; fp32 uses "tf32x3" dots (each operand split into two
@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from ._api import public_op
 from ._validate import check_same_device, check_tensor
 
 try:  # Triton is optional on CPU-only installs (the math path needs none of it)
@@ -169,18 +170,9 @@ def _use_math(q: torch.Tensor) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# op registration
+# registration (the op anatomy's register(): called once by the package's __init__)
 # ------------------------------------------------------------------------------------------------
-if _HAS_TRITON:
-    _define = torch.library.triton_op
-    _launch = torch.library.wrap_triton
-else:  # pragma: no cover
-    _define = torch.library.custom_op
-    _launch = None
-
-
-@_define("ffavatar::cross_attention_fwd", mutates_args=())
-def _fwd_op(
+def _fwd_impl(
     q: torch.Tensor,                       # [B,H,Nq,d] or [total_q,H,d]
     k: torch.Tensor,                       # [B,H,Nk,d] or [total_k,H,d]
     v: torch.Tensor,                       # same layout as k
@@ -192,12 +184,11 @@ def _fwd_op(
         return _math_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
                          softmax_scale)
     out, lse, _ = attn_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
-                           softmax_scale, launch=_launch)
+                           softmax_scale, launch=torch.library.wrap_triton)
     return out, lse
 
 
-@_define("ffavatar::cross_attention_bwd", mutates_args=())
-def _bwd_op(
+def _bwd_impl(
     dout: torch.Tensor,                    # like q
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor,                     # like q
@@ -210,7 +201,7 @@ def _bwd_op(
         return _math_bwd(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, batch,
                          max_seqlen_q, max_seqlen_k, softmax_scale)
     return attn_bwd(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, batch,
-                    max_seqlen_q, max_seqlen_k, softmax_scale, launch=_launch)
+                    max_seqlen_q, max_seqlen_k, softmax_scale, launch=torch.library.wrap_triton)
 
 
 def _setup_context(ctx, inputs, output):
@@ -231,8 +222,21 @@ def _backward(ctx, dout, dlse):
     return dq, dk, dv, None, None, None, None, None, None
 
 
-torch.library.register_autograd("ffavatar::cross_attention_fwd", _backward,
-                                setup_context=_setup_context)
+_REGISTERED = False
+
+
+def register() -> None:
+    """Define the ops (``triton_op``: torch.compile sees the Triton kernels; ``custom_op`` where
+    Triton is missing) and attach autograd, once. The exact math path is shape-static, so the op
+    needs no separate fake kernel."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
+    define = torch.library.triton_op if _HAS_TRITON else torch.library.custom_op
+    define("ffavatar::cross_attention_fwd", mutates_args=())(_fwd_impl)
+    define("ffavatar::cross_attention_bwd", mutates_args=())(_bwd_impl)
+    torch.library.register_autograd("ffavatar::cross_attention_fwd", _backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,6 +285,7 @@ def _check_max(name: str, value):
     return value
 
 
+@public_op("cross_attention")
 def cross_attention(
     q: torch.Tensor,  # [B,H,Nq,d] dense, or [total_q,H,d] packed (then cu_seqlens_q is given)
     k: torch.Tensor,  # [B,H,Nk,d] dense, or [total_k,H,d] varlen bank (then cu_seqlens_k is given)

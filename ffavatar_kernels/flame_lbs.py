@@ -15,7 +15,7 @@ Expression-only fast path: when the shape is fixed per avatar, precompute
 ``v_template=v_shaped``, ``shapedirs=shapedirs[..., 300:]`` (the 100 expression directions; make that slice
 contiguous once and reuse the tensor, so the cached joint products hit) and ``betas=expression``: the kernels then read 4x less.
 
-Conventions (shared with ``ffavatar_kernels.reference.lbs``): quaternions wxyz; the rotation of a
+Conventions (shared with ``ffavatar_kernels.reference.flame_lbs``): quaternions wxyz; the rotation of a
 blended transform is Shepperd's method on its 3x3 part, normalized, w >= 0; posed quats are
 ``q(T_u) ⊗ normalize(quats)``. ``transforms`` are the relative joint transforms A_j (the ones that
 skin rest-pose points), as smplx's ``batch_rigid_transform`` returns.
@@ -26,12 +26,12 @@ CPU only (on CUDA the check would cost a host sync per call).
 """
 from __future__ import annotations
 
-import os
 import weakref
 
 import torch
 
-from . import _autograd, _ext
+from . import _autograd, _env, _ext
+from ._api import public_op
 from ._validate import check_tensor
 
 __all__ = ["flame_lbs", "skin_gaussians", "shape_template"]
@@ -115,8 +115,8 @@ def _joints_setup(ctx, inputs, output):
 def _joints_backward(ctx, g_rot, g_joints, g_A):
     betas, pose, J_template, J_dirs = ctx.saved_tensors
     g_rot, g_joints, g_A = _contig(g_rot, g_joints, g_A)
-    gb, gp, g_rest = _ops.flame_lbs_joints_backward(g_rot, g_joints, g_A, betas, pose, J_template,
-                                                    J_dirs, ctx.parents)
+    gb, gp, g_rest = _ops.flame_lbs_joints_bwd(g_rot, g_joints, g_A, betas, pose, J_template,
+                                               J_dirs, ctx.parents)
     n = ctx.needs_input_grad
     g_Jt = g_rest.sum(0) if n[2] else None
     g_Jd = torch.einsum("bjc,bs->jcs", g_rest, betas) if n[3] else None
@@ -133,7 +133,7 @@ def _verts_backward(ctx, g_verts, g_vposed):
     betas, rot, A, shapedirs, posedirs, W, v_posed = ctx.saved_tensors
     n = ctx.needs_input_grad
     g_verts, g_vposed = _contig(g_verts, g_vposed)
-    gb, grot, gA, gvt, gsd, gpd, gW = _ops.flame_lbs_backward(
+    gb, grot, gA, gvt, gsd, gpd, gW = _ops.flame_lbs_bwd(
         g_verts, g_vposed, betas, rot, A, shapedirs, posedirs, W, v_posed, n[3], n[4], n[5], n[6])
     return (gb if n[0] else None, grot if n[1] else None, gA if n[2] else None,
             gvt if n[3] else None, gsd if n[4] else None, gpd if n[5] else None,
@@ -153,7 +153,7 @@ def _gauss_backward(ctx, g_means, g_quats):
     v_posed, A, W, idx, aw, offsets, quats, wg = ctx.saved_tensors
     n = ctx.needs_input_grad
     g_means, g_quats = _contig(g_means, g_quats)
-    gvp, gA, gW, gaw, goff, gq = _ops.skin_gaussians_backward(
+    gvp, gA, gW, gaw, goff, gq = _ops.skin_gaussians_bwd(
         g_means, g_quats, v_posed, A, W, idx, aw, offsets if ctx.has_off else None,
         quats if ctx.has_q else None, ctx.means_only, n[2], n[4], wg if ctx.has_wg else None)
     # joint_weights (last input) is a function of lbs_weights / anchor_weights: no gradient of its own
@@ -161,19 +161,26 @@ def _gauss_backward(ctx, g_means, g_quats):
             gaw if n[4] else None, goff if (ctx.has_off and n[5]) else None,
             gq if (ctx.has_q and n[6]) else None, None, None, None)
 
+_REGISTERED = False
 
 
-def _register() -> None:
-    for name, fn in (("flame_lbs_joints", _joints_fake), ("flame_lbs_joints_backward", _joints_bwd_fake), ("flame_lbs", _verts_fake), ("flame_lbs_backward", _verts_bwd_fake), ("skin_gaussians", _gauss_fake), ("skin_gaussians_backward", _gauss_bwd_fake)):
+def register() -> None:
+    """Attach fake kernels, the fused op's CPU kernel and autograd once (the op anatomy's
+    ``register()``, called by the package's ``__init__``; no-op without the compiled library)."""
+    global _REGISTERED
+    if _REGISTERED or not _ext.load():
+        return
+    _REGISTERED = True
+    for name, fn in (("flame_lbs_joints", _joints_fake), ("flame_lbs_joints_bwd", _joints_bwd_fake),
+                     ("flame_lbs", _verts_fake), ("flame_lbs_bwd", _verts_bwd_fake),
+                     ("skin_gaussians", _gauss_fake), ("skin_gaussians_bwd", _gauss_bwd_fake),
+                     ("flame_skin_gaussians", _fused_fake)):
         torch.library.register_fake(f"{_LIB}::{name}", fn)
-    torch.library.register_fake(f"{_LIB}::flame_skin_gaussians", _fused_fake)
     torch.library.register_kernel(f"{_LIB}::flame_skin_gaussians", "cpu", _fused_cpu)
-    for name, bwd, setup in (("flame_lbs_joints", _joints_backward, _joints_setup), ("flame_lbs", _verts_backward, _verts_setup), ("skin_gaussians", _gauss_backward, _gauss_setup)):
+    for name, bwd, setup in (("flame_lbs_joints", _joints_backward, _joints_setup),
+                             ("flame_lbs", _verts_backward, _verts_setup),
+                             ("skin_gaussians", _gauss_backward, _gauss_setup)):
         torch.library.register_autograd(f"{_LIB}::{name}", bwd, setup_context=setup)
-
-
-if _ext.load():
-    _register()
 
 # Low-overhead autograd for the composites below (see _autograd.py); same formulas as registered.
 _JointsFn = _autograd.function("_JointsFn", lambda *a: _ops.flame_lbs_joints(*a), _joints_setup, _joints_backward)
@@ -351,7 +358,7 @@ def _use_fused(betas, J: int, tensors) -> bool:
     fused flame_skin_gaussians op (two launches instead of three)."""
     if betas.shape[0] != 1 or not betas.is_cuda or J > _FUSED_MAX_JOINTS or torch.compiler.is_compiling():
         return False
-    if os.environ.get("FFAVATAR_NO_FUSED", "0") not in ("", "0"):
+    if _env.no_fused():
         return False
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
@@ -365,6 +372,7 @@ def _run_fused(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par,
     return _autograd.call(_ops.flame_skin_gaussians, None, (), args)
 
 
+@public_op("flame_lbs")
 def flame_lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, *,
               return_transforms=False):
     """FLAME / SMPL linear blend skinning with the smplx ``lbs`` contract, fused kernels.
@@ -393,6 +401,7 @@ def flame_lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents
     return (verts, joints, A) if return_transforms else (verts, joints)
 
 
+@public_op("skin_gaussians")
 def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights,
                    anchor_idx, anchor_weights, offsets=None, quats=None, *, means_only=False):
     """Skin Gaussians anchored to the (subdivided) FLAME surface, exactly as the dense upsampled mesh.

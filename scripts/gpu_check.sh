@@ -40,7 +40,7 @@ if [[ $STAGES == *build* ]]; then
   fi
   grep -E "ffavatar:|warning" "$OUT/build.log" | grep -v "^ *$" | head -20
   echo "build took $(( $(date +%s) - t0 )) s"
-  cd /tmp && "$PY" -c "import ffavatar_kernels as fk, torch; print('ops:', sorted(n for n in dir(torch.ops.ffavatar) if not n.startswith('_'))); print('cuda kernels:', fk._ext.has_cuda_kernels())"; cd - >/dev/null
+  cd /tmp && "$PY" -c "import ffavatar_kernels as fk, torch; print('ops:', sorted(n for n in dir(torch.ops.ffavatar) if not n.startswith('_'))); print('cuda kernels:', fk.has_cuda_kernels())"; cd - >/dev/null
 fi
 [ -n "${gsplat_pid:-}" ] && { wait "$gsplat_pid"; tail -2 "$OUT/gsplat_build.log"; }
 

@@ -175,3 +175,50 @@ def test_animator_fps_and_batch(monkeypatch):
     monkeypatch.setattr(A, "render_frames", lambda model, gs, betas, *a, **k: torch.zeros(len(betas), 16, 16, 3))
     sizes = [x.shape[0] for x in anim.render_sequence(4, 3)]
     assert seen["fps"] == 12.0 and sizes == [3, 1]
+
+
+def test_version():
+    import ffavatar
+    r = _run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"ffavatar {ffavatar.__version__}"
+
+
+@pytest.mark.parametrize("out, why", [("/proc/x.mp4", "cannot write"), ("{tmp}/missing/x.mp4", "does not exist"),
+                                      ("{tmp}", "must end in"), ("{tmp}/d.mp4/", "must end in")])
+def test_demo_unwritable_output_fails_before_work(tmp_path, out, why):
+    """One line on stderr, non-zero exit, no traceback, nothing written, checked before rendering."""
+    out = out.format(tmp=tmp_path)
+    r = _run("demo", "--frames", "2", "--size", "32", "--device", "cpu", "--out", out, "--no-progress")
+    assert r.returncode != 0
+    assert why in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Gaussians" not in r.stdout                          # failed before any work started
+    assert not os.path.exists(os.path.join(str(tmp_path), "missing"))
+
+
+def test_demo_output_folder_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    r = _run("demo", "--frames", "2", "--size", "32", "--device", "cpu", "--out", str(tmp_path / "f" / "x.mp4"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unexpected_error_is_one_line(monkeypatch, capsys):
+    """An error inside a command is reported as one line with exit status 1, not a traceback."""
+    from ffavatar.cli import demo, main
+
+    def boom(args):
+        raise RuntimeError("kernel exploded\nsecond line")
+    monkeypatch.setattr(demo, "run", boom)
+    assert main(["demo", "--out", "x.mp4"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "ffavatar demo: RuntimeError: kernel exploded"
+
+
+def test_select_backend_asks_only_for_registered_ops():
+    import ffavatar_kernels as fk
+    from ffavatar_kernels.registry import OPS
+    for public, compiled in OPS.items():
+        for name in compiled:
+            assert hasattr(torch.ops.ffavatar, name), f"{public}: {name} is not a registered op"
+    with pytest.raises(ValueError, match="op expected one of"):
+        fk.has_kernel("skin_gaussians_fwd", "cpu")

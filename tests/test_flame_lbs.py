@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ffavatar_kernels import _ext
-from ffavatar_kernels.reference import lbs as ref
+from ffavatar_kernels.reference import flame_lbs as ref
 
 pytestmark = pytest.mark.skipif(not _ext.load(), reason="compiled extension not built")
 F = importlib.import_module("ffavatar_kernels.flame_lbs")
@@ -497,21 +497,15 @@ def test_cuda_other_skeletons(J):
 
 
 def _synthetic_head():
-    for mod in ("ffavatar.synthetic", "ffavatar.flame"):
-        try:
-            fn = getattr(importlib.import_module(mod), "synthetic_head", None)
-        except Exception:  # noqa: BLE001 -- the model layer is optional for these tests
-            fn = None
-        if fn is not None:
-            return fn(dtype=torch.float64)
-    pytest.skip("synthetic head (ffavatar.synthetic.synthetic_head) not available")
+    from ffavatar.flame import synthetic_head
+    return synthetic_head(dtype=torch.float64)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_synthetic_head(device):
     head = _synthetic_head()
     try:
-        from ffavatar.subdivide import subdivide
+        from ffavatar.geometry.subdivide import subdivide
         idx, aw, _ = subdivide(head.faces, head.v_template.shape[0], 2)
     except Exception:  # noqa: BLE001
         idx, aw = make_anchors(20000, head.v_template.shape[0])

@@ -113,8 +113,6 @@ def _ops_args(s, mode="antialiased"):
 
 
 def test_opcheck():
-    from ffavatar_kernels import _rasterize_ops
-    _rasterize_ops.register()
     s = make_scene(N=12, C=2, W=20, H=18, D=3, dtype=torch.float64)
     b, proj, W, H = _ops_args(s)
     means2d, depths, conics, opac, radii, tiles = proj
@@ -136,7 +134,7 @@ def test_opcheck():
           W, H, 16)
     torch.library.opcheck(ops.rasterize_render_bwd, bw, test_utils=("test_schema", "test_faketensor"))
     pb = (b["means"], b["quats"], b["scales"], b["opacities"], b["viewmats"], b["Ks"], radii, torch.rand_like(means2d),
-          torch.rand_like(depths), torch.rand_like(conics), torch.rand_like(opac), W, H, 0.3, True)
+          torch.rand_like(depths), torch.rand_like(conics), torch.rand_like(opac), W, H, 16, 0.3, True)
     torch.library.opcheck(ops.rasterize_project_bwd, pb, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -171,8 +169,8 @@ def test_ops_take_unbatched_tensors():
         for x, y, want in zip(gu, gb, (m2, cn, op, cols)):
             assert x.shape == want.shape and torch.equal(x, y.reshape(x.shape))
     g = [torch.rand_like(t) for t in (m2, dp, cn, op)]
-    vu = ops.rasterize_project_bwd(*u, rr, *g, W, H, 0.3, True)
-    vb = ops.rasterize_project_bwd(*b, rr[None], *(t[None] for t in g), W, H, 0.3, True)
+    vu = ops.rasterize_project_bwd(*u, rr, *g, W, H, 16, 0.3, True)
+    vb = ops.rasterize_project_bwd(*b, rr[None], *(t[None] for t in g), W, H, 16, 0.3, True)
     for x, y, want in zip(vu, vb, u):
         assert x.shape == want.shape and torch.equal(x, y[0])
 
@@ -208,13 +206,13 @@ def test_backward_ops_read_strided_output_grads():
     base = (*(s[k] for k in keys), rr)
     for gd in (torch.zeros(()).double().expand(dp.shape), torch.rand(2, 30, 3, dtype=torch.float64)[..., 1],
                torch.rand(30, 2, dtype=torch.float64).t()):
-        got = ops.rasterize_project_bwd(*base, g[0], gd, g[2], g[3], W, H, 0.3, False)
-        want = ops.rasterize_project_bwd(*base, g[0], gd.contiguous(), g[2], g[3], W, H, 0.3, False)
+        got = ops.rasterize_project_bwd(*base, g[0], gd, g[2], g[3], W, H, 16, 0.3, False)
+        want = ops.rasterize_project_bwd(*base, g[0], gd.contiguous(), g[2], g[3], W, H, 16, 0.3, False)
         for x, y in zip(got, want):
             assert torch.equal(x, y)
     tr = ops.rasterize_project_bwd(*base, g[0].transpose(0, 1).contiguous().transpose(0, 1), g[1], g[2], g[3],
-                                   W, H, 0.3, False)
-    for x, y in zip(tr, ops.rasterize_project_bwd(*base, *g, W, H, 0.3, False)):
+                                   W, H, 16, 0.3, False)
+    for x, y in zip(tr, ops.rasterize_project_bwd(*base, *g, W, H, 16, 0.3, False)):
         assert torch.equal(x, y)
 
 
@@ -254,8 +252,6 @@ def test_grads_when_some_outputs_have_no_gradient(render_mode, batched):
 
 
 def test_opcheck_unbatched():
-    from ffavatar_kernels import _rasterize_ops
-    _rasterize_ops.register()
     ops = torch.ops.ffavatar
     s = make_scene(N=12, C=2, W=20, H=18, D=3, dtype=torch.float64)
     keys = ("means", "quats", "scales", "opacities", "viewmats", "Ks")

@@ -278,8 +278,6 @@ def test_cuda_means2d_grad_and_determinism_of_forward():
 
 
 def test_cuda_opcheck():
-    from ffavatar_kernels import _rasterize_ops
-    _rasterize_ops.register()
     ops = torch.ops.ffavatar
     s = make_scene(N=30, C=2, W=40, H=30, dtype=torch.float32, device="cuda")
     b = {k: s[k][None].contiguous() for k in ("means", "quats", "scales", "opacities", "viewmats", "Ks")}
@@ -325,8 +323,8 @@ def test_cuda_unbatched_ops_and_strided_output_grads():
             assert rel(x, y) < 1e-6
     g = [torch.rand_like(t) for t in (m2, dp, cn, op)]
     zero_d = torch.zeros((), device="cuda").expand(dp.shape)
-    got = ops.rasterize_project_bwd(*u, rr, g[0], zero_d, g[2], g[3], W, H, 0.3, False)
-    want = ops.rasterize_project_bwd(*u, rr, g[0], torch.zeros_like(dp), g[2], g[3], W, H, 0.3, False)
+    got = ops.rasterize_project_bwd(*u, rr, g[0], zero_d, g[2], g[3], W, H, 16, 0.3, False)
+    want = ops.rasterize_project_bwd(*u, rr, g[0], torch.zeros_like(dp), g[2], g[3], W, H, 16, 0.3, False)
     for x, y in zip(got, want):
         assert torch.equal(x, y)
 
@@ -533,7 +531,7 @@ def test_cuda_fwd_bwd_peak_memory(B):
     # No zero-filled gradients for outputs without one, no contiguous copies of expanded output
     # gradients, v_colors accumulated before the projection backward: the peak stays at the analytic
     # bound (the third pass's materialized zeros and copies were 6 floats per pixel above it).
-    from ffavatar_kernels._rasterize_scenes import head_scene
+    from benchmarks.scenes import head_scene
     s = head_scene(C=2, size=384, device="cuda", B=B)
     s = {k: (v.detach().clone().requires_grad_(True) if k in ("means", "quats", "scales", "opacities", "colors")
              else v) for k, v in s.items()}
@@ -609,6 +607,6 @@ def test_vs_gsplat_random(render_mode, rasterize_mode):
 
 def test_vs_gsplat_head():
     pytest.importorskip("gsplat")
-    from ffavatar_kernels._rasterize_scenes import head_scene
+    from benchmarks.scenes import head_scene
     s = head_scene(C=2, size=256, device="cuda")
     _gsplat_compare(s)

@@ -3,12 +3,7 @@
 
 #include <cstdlib>
 
-// An on/off switch from the environment (FFAVATAR_NO_PDL, FFAVATAR_BIN_SYNC): on when set, non-empty
-// and not "0".
-inline bool ffa_env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && v[0] != 0 && !(v[0] == '0' && v[1] == 0);
-}
+// Environment switches (FFAVATAR_NO_PDL, FFAVATAR_BIN_SYNC, ...): common/env.h.
 
 #if defined(__CUDACC__)
 #define HOST_DEVICE __host__ __device__ __forceinline__

@@ -4,12 +4,14 @@
 // previous grid has completed and its writes are visible). A kernel that calls pdl_trigger() lets
 // the next PDL launch start early. Both are no-ops below sm_90 and when the launch was a plain
 // one; launch_pdl falls back to a plain launch on devices below compute capability 9.0 and when
-// FFAVATAR_NO_PDL is set (non-empty, not "0"), which is read at every launch so a benchmark can
-// compare both in one process. Stream capture (CUDA graphs) records the programmatic edges.
+// FFAVATAR_NO_PDL is set (non-empty, not "0"; common/env.h), which is read at every launch so a
+// benchmark can compare both in one process. Stream capture (CUDA graphs) records the programmatic
+// edges.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdlib.h>
 
+#include "common/env.h"
 #include "common/macros.h"
 
 #include <utility>
@@ -29,7 +31,7 @@ __device__ __forceinline__ void pdl_trigger() {
 }
 
 inline bool pdl_enabled() {
-  if (ffa_env_flag("FFAVATAR_NO_PDL")) return false;
+  if (env::no_pdl()) return false;
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;

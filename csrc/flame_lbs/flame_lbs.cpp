@@ -78,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joints_backward_cpu(
   auto grad_pose = at::empty_like(pose);
   auto grad_rest = at::empty({B, J, 3}, betas.options());
   if (B == 0) return {at::zeros_like(betas), grad_pose, grad_rest};
-  AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "flame_lbs_joints_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "flame_lbs_joints_bwd_cpu", [&] {
     const scalar_t* R = rot.data_ptr<scalar_t>();
     const scalar_t* Jr = rest.data_ptr<scalar_t>();
     const scalar_t* gR = gR_in.data_ptr<scalar_t>();
@@ -160,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                      : at::zeros({B, V, 3}, betas.options());
   auto gM = at::empty({B, V, 12}, betas.options());
   if (B * V > 0) {
-    AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "flame_lbs_backward_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "flame_lbs_bwd_cpu", [&] {
       const scalar_t* vp = v_posed.data_ptr<scalar_t>();
       const scalar_t* Wp = W.data_ptr<scalar_t>();
       const scalar_t* Ap = A.data_ptr<scalar_t>();
@@ -200,9 +200,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 TORCH_LIBRARY_IMPL(ffavatar, CPU, m) {
   m.impl("flame_lbs_joints", &ffa::lbs::joints_cpu);
-  m.impl("flame_lbs_joints_backward", &ffa::lbs::joints_backward_cpu);
+  m.impl("flame_lbs_joints_bwd", &ffa::lbs::joints_backward_cpu);
   m.impl("flame_lbs", &ffa::lbs::vertices_cpu);
-  m.impl("flame_lbs_backward", &ffa::lbs::vertices_backward_cpu);
+  m.impl("flame_lbs_bwd", &ffa::lbs::vertices_backward_cpu);
   m.impl("skin_gaussians", &ffa::lbs::skin_gaussians_cpu);
-  m.impl("skin_gaussians_backward", &ffa::lbs::skin_gaussians_backward_cpu);
+  m.impl("skin_gaussians_bwd", &ffa::lbs::skin_gaussians_backward_cpu);
 }

@@ -14,7 +14,7 @@
 //   skin_gaussians(v_posed [B,V,kVP], transforms [B,J,4,4], lbs_weights [V,J], anchor_idx [N,K]
 //                  int32|int64, anchor_weights [N,K], offsets [N,3]|[B,N,3]|None,
 //                  quats [N,4]|None, means_only, joint_weights [N,J]|None) -> means [B,N,3], quats [B,N,4]
-//   and the matching *_backward ops.
+//   and the matching *_bwd ops.
 // Math shared with the CPU path: csrc/common/lbs_math.h. This header is torch-free (.cu files
 // include it): launchers take raw pointers and a stream and return the launch error.
 #pragma once

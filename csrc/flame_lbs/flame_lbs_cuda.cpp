@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joints_backward_cuda(
                                    J_template.data_ptr<float>(), J_dirs.data_ptr<float>(), par, (int)z.B, (int)z.J,
                                    (int)z.S, grad_betas.data_ptr<float>(), grad_pose.data_ptr<float>(),
                                    grad_rest.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
-                 "flame_lbs_joints_backward kernel");
+                 "flame_lbs_joints_bwd kernel");
   return {grad_betas, grad_pose, grad_rest};
 }
 
@@ -121,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                      need_sd ? grad_sd.data_ptr<float>() : nullptr,
                                      need_pd ? grad_pd.data_ptr<float>() : nullptr,
                                      need_W ? grad_W.data_ptr<float>() : nullptr, c10::cuda::getCurrentCUDAStream()),
-                 "flame_lbs_backward kernel");
+                 "flame_lbs_bwd kernel");
   return {grad_betas, grad_rot, grad_A, grad_vt, grad_sd, grad_pd, grad_W};
 }
 
@@ -198,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                         means_only, (int)z.B, (int)z.V, (int)z.J, (int)z.N, (int)z.K,
                                         grad_vp.data_ptr<float>(), grad_A.data_ptr<float>(), p_gW, p_gaw, p_goff, p_gq,
                                         stream);
-  FFA_CHECK_CUDA(err, "skin_gaussians_backward kernel");
+  FFA_CHECK_CUDA(err, "skin_gaussians_bwd kernel");
   return {grad_vp, grad_A, grad_W, grad_aw, grad_off, grad_q};
 }
 
@@ -251,9 +251,9 @@ std::tuple<at::Tensor, at::Tensor> skin_fused_cuda(
 TORCH_LIBRARY_IMPL(ffavatar, CUDA, m) {
   m.impl("flame_skin_gaussians", &ffa::lbs::skin_fused_cuda);
   m.impl("flame_lbs_joints", &ffa::lbs::joints_cuda);
-  m.impl("flame_lbs_joints_backward", &ffa::lbs::joints_backward_cuda);
+  m.impl("flame_lbs_joints_bwd", &ffa::lbs::joints_backward_cuda);
   m.impl("flame_lbs", &ffa::lbs::vertices_cuda);
-  m.impl("flame_lbs_backward", &ffa::lbs::vertices_backward_cuda);
+  m.impl("flame_lbs_bwd", &ffa::lbs::vertices_backward_cuda);
   m.impl("skin_gaussians", &ffa::lbs::gaussians_cuda);
-  m.impl("skin_gaussians_backward", &ffa::lbs::gaussians_backward_cuda);
+  m.impl("skin_gaussians_bwd", &ffa::lbs::gaussians_backward_cuda);
 }

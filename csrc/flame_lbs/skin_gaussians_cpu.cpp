@@ -66,9 +66,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto grad_off = offsets.has_value() ? at::zeros_like(*offsets) : at::empty({0}, opts);
   auto grad_qg = quats.has_value() ? at::zeros_like(*quats) : at::empty({0}, opts);
   if (B * N > 0) {
-    AT_DISPATCH_FLOATING_TYPES(v_posed.scalar_type(), "skin_gaussians_backward_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES(v_posed.scalar_type(), "skin_gaussians_bwd_cpu", [&] {
       using T = scalar_t;
-      AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "skin_gaussians_backward_cpu_idx", [&] {
+      AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "skin_gaussians_bwd_cpu_idx", [&] {
         const T* vp = v_posed.data_ptr<T>();
         const T* Ap = A.data_ptr<T>();
         const T* Wp = W.data_ptr<T>();

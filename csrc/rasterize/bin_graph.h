@@ -39,7 +39,7 @@ using Enqueue = std::function<cudaError_t(cudaStream_t stream, int* result)>;
 // from then on, with the result reported at capture; the caching allocator hands out the same blocks
 // in a steady loop, so that is the common case. Same kernels, same arguments, same results as a
 // direct call. At most 8 graphs are cached (least recently used evicted); any capture error falls
-// back to direct launches for good. FFAVATAR_NO_BIN_GRAPH=1 (read once) always launches directly.
+// back to direct launches for good. FFAVATAR_NO_BIN_GRAPH=1 (read per call) launches directly.
 cudaError_t launch_cached(const GraphKey& key, const Enqueue& enqueue, int* result, cudaStream_t stream);
 
 }  // namespace rasterize

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "common/env.h"
 #include "common/macros.h"
 
 namespace ffa {
@@ -40,11 +41,6 @@ GraphCache& cache() {
   return *c;
 }
 
-bool graphs_off() {
-  static const bool off = ffa_env_flag("FFAVATAR_NO_BIN_GRAPH");
-  return off;
-}
-
 // Capture the launches on the device's side stream; nullptr when anything fails (errors cleared).
 cudaGraphExec_t capture(GraphCache& c, const Enqueue& enqueue, int* result, int device) {
   cudaStream_t& side = c.capture_stream[device];
@@ -74,7 +70,7 @@ cudaGraphExec_t capture(GraphCache& c, const Enqueue& enqueue, int* result, int 
 
 cudaError_t launch_cached(const GraphKey& key, const Enqueue& enqueue, int* result, cudaStream_t stream) {
   const int device = key.device;
-  if (graphs_off() || device < 0 || device >= kMaxDevices || key.n > GraphKey::kWords) return enqueue(stream, result);
+  if (env::no_bin_graph() || device < 0 || device >= kMaxDevices || key.n > GraphKey::kWords) return enqueue(stream, result);
   GraphCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
   if (c.broken) return enqueue(stream, result);

@@ -75,8 +75,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales, const at::Tensor& opacities,
     const at::Tensor& viewmats, const at::Tensor& Ks, const at::Tensor& radii, const at::Tensor& v_means2d,
     const at::Tensor& v_depths, const at::Tensor& v_conics, const at::Tensor& v_opac2d, int64_t width,
-    int64_t height, double eps2d, bool antialiased) {
-  const Sized s = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, 16);
+    int64_t height, int64_t tile_size, double eps2d, bool antialiased) {
+  const Sized s = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, tile_size);
   const Dims& d = s.d;
   check_project_grads(s, radii, v_means2d, v_depths, v_conics, v_opac2d);
   int64_t sd = 1;  // v_depths: contiguous, or expanded (stride 0: no depth gradient, nothing materialized)

@@ -10,7 +10,8 @@
 //                     antialiased, tile_size)
 //     -> means2d [B,C,N,2], depths [B,C,N], conics [B,C,N,3], opacities2d [B,C,N] (opacity x
 //        compensation when antialiased), radii [B,C,N,2] i32, tiles_per_gauss [B,C,N] i32
-//   rasterize_project_bwd(... inputs ..., radii, v_means2d, v_depths, v_conics, v_opacities2d)
+//   rasterize_project_bwd(... inputs ..., radii, v_means2d, v_depths, v_conics, v_opacities2d, width,
+//                         height, tile_size, eps2d, antialiased)
 //     -> v_means, v_quats, v_scales, v_opacities   (summed over cameras, no atomics)
 //   rasterize_bin(means2d, radii, depths, conics, opacities2d, tiles_per_gauss, width, height,
 //                 tile_size) -> tile_offsets [B,C,TH,TW] i32, flatten_ids [n_isects] i32

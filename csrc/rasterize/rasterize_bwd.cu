@@ -10,6 +10,7 @@
 // evaluated, reduced and added. A chunk of a split tile (rasterize_split.h) is its own block: it walks
 // its part of the list from the transmittance after it and the colour behind it, which the forward's
 // merge left in the split state.
+#include "common/per_device_cache.cuh"
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
 #include "rasterize/rasterize_split.h"
@@ -329,12 +330,14 @@ bool fits(int nt) {
   return a.maxThreadsPerBlock >= nt && a.sharedSizeBytes + shmem_bytes<CH>(nt) <= (size_t)optin;
 }
 
+// Per device (the limits differ between GPUs) and by warps per block (nt <= 1024); computed once each.
 inline int max_chunk(int nt) {
-  static int cache[33] = {0};  // by warps per block (nt <= 1024); benign race, same value
-  int& c = cache[nt / 32];
-  if (c == 0) c = fits<32>(nt) ? 32 : fits<16>(nt) ? 16 : fits<8>(nt) ? 8 : fits<4>(nt) ? 4 : fits<2>(nt) ? 2 : 1;
-  cudaGetLastError();  // clear a failed attribute query
-  return c;
+  static PerDeviceCache<33> cache;
+  return cache.get(nt / 32, [nt] {
+    const int c = fits<32>(nt) ? 32 : fits<16>(nt) ? 16 : fits<8>(nt) ? 8 : fits<4>(nt) ? 4 : fits<2>(nt) ? 2 : 1;
+    (void)cudaGetLastError();  // clear a failed attribute query
+    return c;
+  });
 }
 // Zero the four gradient buffers of the render backward in one launch (blockIdx.y picks the buffer):
 // one kernel instead of four cudaMemsetAsync calls, each of which costs host time.

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdlib>
 
+#include "common/env.h"
 #include "common/macros.h"
 #include "rasterize/rasterize_checks.h"
 #include "rasterize/bin_graph.h"
@@ -48,8 +49,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales, const at::Tensor& opacities,
     const at::Tensor& viewmats, const at::Tensor& Ks, const at::Tensor& radii, const at::Tensor& v_means2d,
     const at::Tensor& v_depths, const at::Tensor& v_conics, const at::Tensor& v_opac2d, int64_t width,
-    int64_t height, double eps2d, bool antialiased) {
-  const Sized s = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, 16);
+    int64_t height, int64_t tile_size, double eps2d, bool antialiased) {
+  const Sized s = project_dims(means, quats, scales, opacities, viewmats, Ks, width, height, tile_size);
   const Dims& d = s.d;
   FFA_F32(means);
   check_project_grads(s, radii, v_means2d, v_depths, v_conics, v_opac2d);
@@ -77,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
 // everything behind an async copy of the count, and waits for that copy only then; the GPU is busy
 // with the queued work meanwhile. If the count exceeds the guess, the queued kernels stayed within the
 // guessed buffers and the exact way runs again with the count. Results are the same either way.
-// Exact way: the first call on a device (no guess yet), or FFAVATAR_BIN_SYNC=1 (read once).
+// Exact way: the first call on a device (no guess yet), or FFAVATAR_BIN_SYNC=1 (read per call).
 // Neither way can be captured in a CUDA graph (a host sync / an event wait inside the op).
 
 constexpr int kMaxDevices = C10_COMPILE_TIME_MAX_GPUS;
@@ -85,16 +86,6 @@ constexpr int kMaxDevices = C10_COMPILE_TIME_MAX_GPUS;
 // Per device, a decaying high-water mark of the counts: max(count, previous - previous/8). Any value
 // is correct (it is only a guess); 0: none yet.
 std::atomic<int64_t> bin_hint[kMaxDevices];
-
-bool bin_sync_forced() {
-  static const bool forced = ffa_env_flag("FFAVATAR_BIN_SYNC");
-  return forced;
-}
-
-bool bin_cub_sort_forced() {
-  static const bool forced = ffa_env_flag("FFAVATAR_BIN_CUB_SORT");
-  return forced;
-}
 
 // Key slots for a guess: 1/32 + 256 over it, a multiple of 256, at most INT32_MAX (CUB's item count).
 int64_t bin_capacity(int64_t hint) {
@@ -168,12 +159,12 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   FFA_CHECK(dev >= 0 && dev < kMaxDevices, "rasterize: CUDA device index out of range: ", dev);
   std::atomic<int64_t>& hint = bin_hint[dev];
   const int64_t guess = hint.load(std::memory_order_relaxed);
-  const bool speculative = !(guess == 0 || bin_sync_forced());
+  const bool speculative = !(guess == 0 || env::bin_sync());
 
   // Sorts: the onesweep sorts of rasterize_bin_sort.cu (their counters in one zeroed region each),
-  // or cub::DeviceRadixSort (temp storage) with FFAVATAR_BIN_CUB_SORT=1 (read once; for A/B runs) and
+  // or cub::DeviceRadixSort (temp storage) with FFAVATAR_BIN_CUB_SORT=1 (read per call; for A/B runs) and
   // for sorts beyond onesweep_ok's size.
-  const bool cub_sort = bin_cub_sort_forced();
+  const bool cub_sort = env::bin_cub_sort();
   // Sort storage: the onesweep state (zeroed before use) or CUB's temp storage, in bytes.
   auto sort_bytes_for = [&](int64_t n, int bits, bool own) {
     size_t bytes = 0;
@@ -373,7 +364,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cu
   // heavy tiles are blended in chunks (rasterize_split.h); the plan and the merge state go to the backward
   const int64_t G = d.B * d.C * d.tiles_x * d.tiles_y, n_isects = flatten_ids.numel();
   // FFAVATAR_NO_SPLIT=1 (read per call, for A/B runs and tests): every tile in one block
-  const int64_t pool = ffa_env_flag("FFAVATAR_NO_SPLIT") ? 0 : split_pool(G, d.B * d.C, n_isects);
+  const int64_t pool = env::no_split() ? 0 : split_pool(G, d.B * d.C, n_isects);
   const int64_t nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
   at::Tensor state = at::empty({pool > 0 ? split_state_words(G, pool, nt, d.D) : 0}, fo.dtype(at::kInt));
   if (pool > 0)

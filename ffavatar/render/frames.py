@@ -3,6 +3,7 @@ them, and rasterize the B scenes, each through its own camera ([B,1,4,4] viewmat
 from __future__ import annotations
 
 import torch
+from ffavatar_kernels.profiling import nvtx_range
 
 from ..flame import CanonicalGaussians, FlameModel
 from .backend import Backend, select_backend
@@ -62,17 +63,20 @@ def render_frames(model: FlameModel, gaussians: CanonicalGaussians, betas: torch
         return torch.empty(0, height, width, 3, dtype=dt, device=dev)
     backend = backend or select_backend(dev)
     g = gaussians
-    means, quats = backend.skin_gaussians(betas, pose, *lbs_args, g.anchor_idx, g.anchor_weights, None,
-                                          g.quats)
+    with nvtx_range("ffavatar.render.skin"):
+        means, quats = backend.skin_gaussians(betas, pose, *lbs_args, g.anchor_idx, g.anchor_weights, None,
+                                              g.quats)
     N = g.num_gaussians
-    colors = shade(g.colors, quats, viewmats) if lit else g.colors.expand(B, N, 3)
+    with nvtx_range("ffavatar.render.shade"):
+        colors = shade(g.colors, quats, viewmats) if lit else g.colors.expand(B, N, 3)
     scales = g.scales.expand(B, N, 3).contiguous()
     opac = g.opacities.expand(B, N).contiguous()
     bg = torch.tensor(background, dtype=dt, device=dev).expand(B, 1, 3).contiguous()
     vm, K = viewmats[:, None].contiguous(), Ks[:, None].contiguous()
-    if backend.tiled_reference:
-        img, _ = backend.rasterize(means, quats, scales, opac, colors.contiguous(), vm, K, width, height, bg)
-    else:
-        img, _, _ = backend.rasterize(means, quats, scales, opac, colors.contiguous(), vm, K, width, height,
-                                      backgrounds=bg)
+    with nvtx_range("ffavatar.render.rasterize"):
+        if backend.tiled_reference:
+            img, _ = backend.rasterize(means, quats, scales, opac, colors.contiguous(), vm, K, width, height, bg)
+        else:
+            img, _, _ = backend.rasterize(means, quats, scales, opac, colors.contiguous(), vm, K, width, height,
+                                          backgrounds=bg)
     return img[:, 0].clamp(0.0, 1.0)

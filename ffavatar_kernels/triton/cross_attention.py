@@ -28,18 +28,23 @@ dimensions and multi-block loops are exercised on tiny inputs.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from .. import _env as env
+
+INTERPRET = env.triton_interpret()
 LOG2E = 1.4426950408889634
 # fp32 inputs: "tf32x3" splits each operand into two tf32 halves (3 tensor-core dots, relative error
 # ~1e-6 per product: fp32-class accuracy at tensor-core speed); FFAVATAR_ATTN_F32_DOT=ieee selects
-# exact FMA dots (slow on GPUs, register-hungry). Read once at import.
-F32_DOT = tl.constexpr(os.environ.get("FFAVATAR_ATTN_F32_DOT", "tf32x3"))
+# exact FMA dots (slow on GPUs, register-hungry). Read at every launch (a constexpr argument of the
+# kernels: each value compiles once). fp16 / bf16 dots ignore it.
+
+
+def f32_dot() -> str:
+    """The fp32 dot precision of this launch ("tf32x3" or "ieee", FFAVATAR_ATTN_F32_DOT)."""
+    return env.attn_f32_dot()
 
 
 # Problems below this many scores (batch*heads*max_q*max_k) use a fixed config per head dim:
@@ -51,7 +56,7 @@ def use_autotune(batch: int, heads: int, max_q: int, max_k: int) -> bool:
     """Autotune big problems only; FFAVATAR_ATTN_AUTOTUNE=0/1 forces never/always."""
     if INTERPRET:
         return False
-    mode = os.environ.get("FFAVATAR_ATTN_AUTOTUNE", "auto")
+    mode = env.attn_autotune()
     if mode in ("0", "1"):
         return mode == "1"
     return batch * heads * max_q * max_k >= AUTOTUNE_MIN_SCORES
@@ -123,7 +128,8 @@ _prune_fwd = prune_by_head_dim({(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 4
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, lo, hi, k_len, qk_scale,
-               offs_n, offs_d, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, FP32: tl.constexpr):
+               offs_n, offs_d, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, FP32: tl.constexpr,
+               F32_DOT: tl.constexpr):
     """One pass over key blocks [lo, hi): online-softmax update of acc/l_i/m_i."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n                                              # [BLOCK_N]
@@ -162,6 +168,7 @@ def _attn_fwd_kernel(
     s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_om, s_lb, s_lh, s_lm,
     H, N_Q, N_K, qk_scale, NQ_BUCKET, NK_BUCKET,
     HEAD_DIM: tl.constexpr, VARLEN_Q: tl.constexpr, VARLEN_K: tl.constexpr, FP32: tl.constexpr,
+    F32_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # torch.compile (Inductor) passes Python floats as fp64 scalars, eager Triton as fp32; an fp64
@@ -203,10 +210,10 @@ def _attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     n_full = (k_len // BLOCK_N) * BLOCK_N
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, 0, n_full, k_len,
-                               qk_scale, offs_n, offs_d, BLOCK_N, False, FP32)
+                               qk_scale, offs_n, offs_d, BLOCK_N, False, FP32, F32_DOT)
     if n_full < k_len:
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, n_full, k_len,
-                                   k_len, qk_scale, offs_n, offs_d, BLOCK_N, True, FP32)
+                                   k_len, qk_scale, offs_n, offs_d, BLOCK_N, True, FP32, F32_DOT)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)                                 # no keys: out = 0
     out = acc / l_safe[:, None]
@@ -286,10 +293,10 @@ def attn_fwd(
         *layout_strides(q, packed_q), *layout_strides(k, packed_k), *layout_strides(v, packed_k),
         *layout_strides(out, packed_q), *lse_strides(lse, packed_q),
         heads, n_q, n_k, scale * LOG2E, length_bucket(max_q), length_bucket(max_k),
-        HEAD_DIM=d, VARLEN_Q=packed_q, VARLEN_K=packed_k, FP32=fp32,
+        HEAD_DIM=d, VARLEN_Q=packed_q, VARLEN_K=packed_k, FP32=fp32, F32_DOT=f32_dot(),
     )
     return out, lse, compiled
 
 
 __all__ = ["attn_fwd", "length_bucket", "use_autotune", "fixed_config", "fixed_kernel", "layout_strides", "lse_strides", "last_dim_contiguous",
-           "INTERPRET", "LOG2E"]
+           "INTERPRET", "LOG2E", "f32_dot"]

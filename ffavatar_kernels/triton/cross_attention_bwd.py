@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .cross_attention import (F32_DOT, INTERPRET, LOG2E, fixed_kernel, last_dim_contiguous,
+from .cross_attention import (INTERPRET, LOG2E, f32_dot, fixed_kernel, last_dim_contiguous,
                               layout_strides, length_bucket, lse_strides, prune_by_head_dim,
                               use_autotune)
 
@@ -97,7 +97,7 @@ def _bwd_preprocess(O, DO, DLSE, DELTA, CU_Q,
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, dl_base, s_qm, s_dm, s_lm, lo, hi, q_len,
                 qk_scale, offs_m0, offs_d, BLOCK_M: tl.constexpr, MASK_M: tl.constexpr,
-                FP32: tl.constexpr):
+                FP32: tl.constexpr, F32_DOT: tl.constexpr):
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         q_ptrs = q_base + offs_m[:, None] * s_qm + offs_d[None, :]
@@ -139,6 +139,7 @@ def _attn_bwd_dkdv_kernel(
     s_gb, s_gh, s_gn,
     H, N_Q, N_K, qk_scale, sm_scale, NQ_BUCKET, NK_BUCKET,
     HEAD_DIM: tl.constexpr, VARLEN_Q: tl.constexpr, VARLEN_K: tl.constexpr, FP32: tl.constexpr,
+    F32_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # fp32 scales whatever the launcher passed (Inductor: fp64 scalars; see the forward kernel)
@@ -190,11 +191,11 @@ def _attn_bwd_dkdv_kernel(
     full = q_len // BLOCK_M
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, dl_base, s_qm, s_dm, s_lm,
                          lo * BLOCK_M, tl.minimum(hi, full) * BLOCK_M, q_len, qk_scale, offs_m0,
-                         offs_d, BLOCK_M, False, FP32)
+                         offs_d, BLOCK_M, False, FP32, F32_DOT)
     if (full >= lo) & (full < hi):  # the partial query block belongs to this split
         dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, dl_base, s_qm, s_dm, s_lm,
                              full * BLOCK_M, q_len, q_len, qk_scale, offs_m0, offs_d, BLOCK_M,
-                             True, FP32)
+                             True, FP32, F32_DOT)
     dk = dk * sm_scale
     g_off = b64 * s_gb + h64 * s_gh + k_start * s_gn + offs_n[:, None] * s_gn + offs_d[None, :]
     if n_split > 1:
@@ -207,7 +208,8 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, lo, hi, k_len, qk_scale,
-              offs_n0, offs_d, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, FP32: tl.constexpr):
+              offs_n0, offs_d, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, FP32: tl.constexpr,
+              F32_DOT: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n0
         k_ptrs = k_base + cols[:, None] * s_kn + offs_d[None, :]
@@ -242,6 +244,7 @@ def _attn_bwd_dq_kernel(
     s_gb, s_gh, s_gm,
     H, N_Q, N_K, qk_scale, sm_scale, NQ_BUCKET, NK_BUCKET,
     HEAD_DIM: tl.constexpr, VARLEN_Q: tl.constexpr, VARLEN_K: tl.constexpr, FP32: tl.constexpr,
+    F32_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # fp32 scales whatever the launcher passed (Inductor: fp64 scalars; see the forward kernel)
@@ -284,10 +287,10 @@ def _attn_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     n_full = (k_len // BLOCK_N) * BLOCK_N
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, 0, n_full, k_len, qk_scale,
-                   offs_n0, offs_d, BLOCK_N, False, FP32)
+                   offs_n0, offs_d, BLOCK_N, False, FP32, F32_DOT)
     if n_full < k_len:
         dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, n_full, k_len, k_len,
-                       qk_scale, offs_n0, offs_d, BLOCK_N, True, FP32)
+                       qk_scale, offs_n0, offs_d, BLOCK_N, True, FP32, F32_DOT)
     dq = dq * sm_scale
     tl.store(DQ + b64 * s_gb + h64 * s_gh + q_start * s_gm + offs_m[:, None] * s_gm
              + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mm[:, None])
@@ -358,7 +361,7 @@ def attn_bwd(
 
     common = (*layout_strides(q, packed_q), *layout_strides(k, packed_k),
               *layout_strides(v, packed_k), *layout_strides(do, packed_q), *ls)
-    meta = dict(HEAD_DIM=d, VARLEN_Q=packed_q, VARLEN_K=packed_k, FP32=fp32)
+    meta = dict(HEAD_DIM=d, VARLEN_Q=packed_q, VARLEN_K=packed_k, FP32=fp32, F32_DOT=f32_dot())
     tail = (heads, n_q, n_k, scale * LOG2E, scale, length_bucket(max_q), length_bucket(max_k))
     if use_autotune(batch, heads, max_q, max_k) and not fp32:
         kv_kern, q_kern = _attn_bwd_dkdv_tuned, _attn_bwd_dq_tuned
