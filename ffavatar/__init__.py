@@ -1,16 +1,28 @@
 """ffavatar: the model layer over ``ffavatar_kernels``.
 
-Subpackages, each importing only those below it (cli -> render -> flame -> geometry ->
-ffavatar_kernels): ``flame`` (FLAME model files, the built-in synthetic head, canonical Gaussians,
+Subpackages, each importing only those below it (cli -> nn -> avatar -> render -> flame -> geometry
+-> ffavatar_kernels): ``flame`` (FLAME model files, the built-in synthetic head, canonical Gaussians,
 motion), ``geometry`` (cameras, subdivision, rotations), ``render`` (backend choice, shading, frames,
-video), ``cli`` (the ``ffavatar`` command). The names below are the stable top-level API.
+video), ``avatar`` (Avatar), ``nn`` (the FFAvatar network: ``FFAvatarModel.reconstruct``), ``cli``
+(the ``ffavatar`` command). The names below are the stable top-level API.
 """
 from ._version import __version__
 from .flame import (CanonicalGaussians, FlameFileError, FlameModel, canonical_gaussians, load_flame, motion_script,
                     save_flame_npz, synthetic_head)
 from .geometry import intrinsics, look_at, orbit, subdivide
+from .avatar import Avatar
 from .render import Animator, render_frames, select_backend
+
+_NN = ("FFAvatarModel", "Preset", "get_preset", "count_parameters", "EncoderWeightsError", "use_sdpa")
+
+
+def __getattr__(name: str):
+    """The network's names load on first use (``import ffavatar`` stays light for the CLI)."""
+    if name in _NN:
+        from . import nn
+        return getattr(nn, name)
+    raise AttributeError(f"module 'ffavatar' has no attribute {name!r}")
 
 __all__ = ["FlameModel", "FlameFileError", "load_flame", "save_flame_npz", "synthetic_head", "subdivide",
            "CanonicalGaussians", "canonical_gaussians", "intrinsics", "look_at", "orbit", "Animator",
-           "motion_script", "render_frames", "select_backend", "__version__"]
+           "motion_script", "render_frames", "select_backend", "Avatar", *_NN, "__version__"]

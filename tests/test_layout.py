@@ -1,6 +1,6 @@
 """The repository's import structure (DEVELOPING.md, "Layout"): arrows point down only.
 
-cli -> avatar / train -> nn / render -> flame -> geometry -> ffavatar_kernels; the kernel package
+cli -> train -> nn -> avatar -> render -> flame -> geometry -> ffavatar_kernels; the kernel package
 never imports the model layer; no circle between modules; outside the kernel package (model
 layer, benchmarks, scripts) nobody imports a ``_private`` kernel module.
 """
@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # layer of each model-layer subpackage: a module may import only subpackages of a lower layer
 # (or its own subpackage)
-LAYERS = {"geometry": 0, "flame": 1, "render": 2, "nn": 2, "avatar": 3, "train": 4, "cli": 5}
+LAYERS = {"geometry": 0, "flame": 1, "render": 2, "avatar": 3, "nn": 4, "train": 5, "cli": 6}
 
 
 def _modules(package: str) -> dict[str, str]:
