@@ -9,11 +9,11 @@
 // by one (the alpha of the next kept splat, which does not depend on the transmittance, is evaluated
 // before the current one is composited), so the latency of one splat's shared loads, quadratic form
 // and exp overlaps the previous splat's compositing. Torch-free.
-#include "common/per_device_cache.cuh"
 #include "common/splat_math.h"
 #include "rasterize/rasterize.h"
 #include "rasterize/rasterize_split.h"
 #include "rasterize/rasterize_warp.cuh"
+#include "rasterize/render_launch.cuh"
 
 namespace ffa {
 namespace rasterize {
@@ -349,50 +349,13 @@ size_t shmem_bytes(int nt) {
   return (size_t)(nt + 1) * RecF4<CH> * sizeof(float4) + sizeof(int);
 }
 
-template <int CH>
-cudaError_t launch_ch(const float* means2d, const float* conics, const float* opac2d, const float* colors,
-                      const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                      int64_t n_isects, const Dims& d, int chan0, int nch, const Split& sp, float* out_c,
-                      float* out_a, int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
-  int nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
-  const int64_t blocks = split_blocks(d, sp);
-  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const size_t shmem = shmem_bytes<CH>(nt);
-  if (shmem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(render_fwd_kernel<CH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)shmem);
-    if (e != cudaSuccess) return e;
-  }
-  render_fwd_kernel<CH><<<(unsigned)blocks, nt, shmem, stream>>>(
-      reinterpret_cast<const float2*>(means2d), conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids,
-      (int32_t)n_isects, d, chan0, nch, sp, out_c, out_a, last_ids, final_Ts);
-  return cudaGetLastError();
-}
-
-
-// Largest channel chunk whose kernel can run with nt threads per block: register budget (e.g.
-// 32x32 tiles have 1024 threads, which the 32-channel instantiations may not fit) and shared memory
-// (the staged colours: 1024 threads x 32 channels need 156 KiB, over the opt-in limit of some GPUs).
-template <int CH>
-bool fits(int nt) {
-  cudaFuncAttributes a;
-  if (cudaFuncGetAttributes(&a, render_fwd_kernel<CH>) != cudaSuccess) return false;
-  int dev = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-    return false;
-  return a.maxThreadsPerBlock >= nt && a.sharedSizeBytes + shmem_bytes<CH>(nt) <= (size_t)optin;
-}
-
-// Per device (the limits differ between GPUs) and by warps per block (nt <= 1024); computed once each.
-inline int max_chunk(int nt) {
-  static PerDeviceCache<33> cache;
-  return cache.get(nt / 32, [nt] {
-    const int c = fits<32>(nt) ? 32 : fits<16>(nt) ? 16 : fits<8>(nt) ? 8 : fits<4>(nt) ? 4 : fits<2>(nt) ? 2 : 1;
-    (void)cudaGetLastError();  // clear a failed attribute query
-    return c;
-  });
-}
+// The forward's kernel family for render_launch.cuh.
+struct FwdKernels {
+  template <int CH>
+  static auto kernel() { return &render_fwd_kernel<CH>; }
+  template <int CH>
+  static size_t shmem(int nt) { return shmem_bytes<CH>(nt); }
+};
 }  // namespace
 
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
@@ -400,28 +363,11 @@ cudaError_t launch_render_fwd(const float* means2d, const float* conics, const f
                               int64_t n_isects, const Dims& d, const Split& sp, float* out_colors,
                               float* out_alphas, int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
   if (d.B * d.C == 0) return cudaSuccess;
-  // D == 0 still needs one pass for alphas
-  int64_t D = d.D;
-  int64_t chan0 = 0;
-  const int chunk = max_chunk(((d.tile_size * d.tile_size + 31) / 32) * 32);
-  do {
-    int nch = (int)(D - chan0 < chunk ? D - chan0 : chunk);
-    cudaError_t e;
-#define FFA_CH(CHN)                                                                                              \
-  e = launch_ch<CHN>(means2d, conics, opac2d, colors, backgrounds, tile_offsets, flatten_ids, n_isects, d,     \
-                     (int)chan0, nch, sp, out_colors, out_alphas, last_ids, final_Ts, stream)
-    if (nch <= 1) FFA_CH(1);
-    else if (nch == 2) FFA_CH(2);
-    else if (nch == 3) FFA_CH(3);
-    else if (nch == 4) FFA_CH(4);
-    else if (nch <= 8) FFA_CH(8);
-    else if (nch <= 16) FFA_CH(16);
-    else FFA_CH(32);
-#undef FFA_CH
-    if (e != cudaSuccess) return e;
-    chan0 += chunk;
-  } while (chan0 < D);
-  return cudaSuccess;
+  return for_each_chunk<FwdKernels>(d, [&](auto ch, int chan0, int nch) {
+    return launch_chunk<FwdKernels, decltype(ch)::value>(
+        d, sp, stream, reinterpret_cast<const float2*>(means2d), conics, opac2d, colors, backgrounds, tile_offsets,
+        flatten_ids, (int32_t)n_isects, d, chan0, nch, sp, out_colors, out_alphas, last_ids, final_Ts);
+  });
 }
 
 }  // namespace rasterize
