@@ -7,10 +7,11 @@ video), ``avatar`` (Avatar), ``nn`` (the FFAvatar network: ``FFAvatarModel.recon
 (the ``ffavatar`` command). The names below are the stable top-level API.
 """
 from ._version import __version__
-from .flame import (CanonicalGaussians, FlameFileError, FlameModel, canonical_gaussians, load_flame, motion_script,
-                    save_flame_npz, synthetic_head)
+from .flame import (CanonicalGaussians, FlameFileError, FlameModel, Motion, MotionFileError, canonical_gaussians,
+                    flame_fingerprint, load_flame, load_motion, motion_script, save_flame_npz, save_motion,
+                    synthetic_head)
 from .geometry import intrinsics, look_at, orbit, subdivide
-from .avatar import Avatar
+from .avatar import Avatar, AvatarFileError, FlameMismatchError, PlyFileError, Residuals, load_avatar, load_ply
 from .render import Animator, render_frames, select_backend
 
 _NN = ("FFAvatarModel", "Preset", "get_preset", "count_parameters", "EncoderWeightsError", "use_sdpa")
@@ -25,4 +26,6 @@ def __getattr__(name: str):
 
 __all__ = ["FlameModel", "FlameFileError", "load_flame", "save_flame_npz", "synthetic_head", "subdivide",
            "CanonicalGaussians", "canonical_gaussians", "intrinsics", "look_at", "orbit", "Animator",
-           "motion_script", "render_frames", "select_backend", "Avatar", *_NN, "__version__"]
+           "motion_script", "render_frames", "select_backend", "Avatar", "AvatarFileError", "FlameMismatchError", "PlyFileError",
+           "Residuals", "load_avatar", "load_ply", "Motion", "MotionFileError", "load_motion", "save_motion",
+           "flame_fingerprint", *_NN, "__version__"]

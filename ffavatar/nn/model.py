@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ffavatar_kernels.profiling import nvtx_range
 from ffavatar.avatar import Avatar
-from ffavatar.flame import canonical_gaussians, synthetic_head
+from ffavatar.flame import canonical_gaussians, synthetic_fingerprint, synthetic_head
 
 from .encoder import ViTEncoder
 from .flame_estimator import FlameEstimate, FlameEstimator
@@ -237,7 +237,8 @@ class FFAvatarModel(nn.Module):
         return Avatar(anchor_idx=self.canon_anchor_idx, anchor_weights=self.canon_anchor_weights,
                       means=anchors + attrs.offsets[b], offsets=attrs.offsets[b], quats=attrs.quats[b],
                       scales=attrs.scales[b], opacities=attrs.opacities[b], colors=attrs.colors[b],
-                      betas_shape=views["shape"], expr=views["expr"], jaw_pose=views["jaw_pose"],
+                      betas_shape=views["shape"], flame_fingerprint=synthetic_fingerprint(),
+                      expr=views["expr"], jaw_pose=views["jaw_pose"],
                       eyes_pose=views["eyes_pose"], neck_pose=views["neck_pose"],
                       rotation=views["rotation"], translation=views["translation"],
                       viewmats=views["viewmats"], Ks=views["Ks"], image_size=self.preset.image_size)
