@@ -211,4 +211,6 @@ def test_varlen_batch_equals_one_by_one_cuda_bf16():
         single = model.reconstruct(s)
         for k, t in _fields(single).items():
             assert _rel(_fields(b)[k].float(), t.float()) < 2e-2, k
-    assert _rel(batched[0].colors.float(), batched[1].colors.float()) > 1e-4
+    # different inputs give different avatars (randomly initialised heads start near the canonical
+    # head, so compare the offsets, which differ by ~10% between view sets, not the colours)
+    assert _rel(batched[0].offsets.float(), batched[1].offsets.float()) > 1e-3

@@ -127,20 +127,6 @@ _prune_fwd = prune_by_head_dim({(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 4
 
 
 @triton.jit
-def seq_range(CU, b, n_dense, VARLEN: tl.constexpr):
-    """(start [int64], length [int32]) of batch element ``b``'s rows: from ``cu_seqlens`` when the
-    tensor is packed (VARLEN), else the whole dense sequence of ``n_dense`` rows from 0. Both
-    branches return tensors (start = b * 0), so one function serves every kernel's prologue."""
-    if VARLEN:
-        start = tl.load(CU + b).to(tl.int64)
-        length = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
-    else:
-        start = (b * 0).to(tl.int64)
-        length = (b * 0 + n_dense).to(tl.int32)
-    return start, length
-
-
-@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, lo, hi, k_len, qk_scale,
                offs_n, offs_d, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, FP32: tl.constexpr,
                F32_DOT: tl.constexpr):
@@ -176,6 +162,10 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, lo, hi, k_len, qk_s
     return acc, l_i, m_i
 
 
+# The varlen prologue (a sequence's start and length from cu_seqlens, or the dense sequence) is written
+# inline in each kernel, not as a shared @triton.jit helper: torch.compile's mutation analysis of
+# Triton kernels treats a pointer passed into a called jit function as written, and the dense
+# layout passes `lse` (an output) as the unused cu_seqlens pointer (opcheck's aot_dispatch fails).
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K,
@@ -192,10 +182,20 @@ def _attn_fwd_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    q_start, q_len = seq_range(CU_Q, b, N_Q, VARLEN_Q)
+    if VARLEN_Q:
+        q_start = tl.load(CU_Q + b).to(tl.int64)
+        q_len = (tl.load(CU_Q + b + 1) - tl.load(CU_Q + b)).to(tl.int32)
+    else:
+        q_start = 0
+        q_len = N_Q
     if pid_m * BLOCK_M >= q_len:
         return
-    k_start, k_len = seq_range(CU_K, b, N_K, VARLEN_K)
+    if VARLEN_K:
+        k_start = tl.load(CU_K + b).to(tl.int64)
+        k_len = (tl.load(CU_K + b + 1) - tl.load(CU_K + b)).to(tl.int32)
+    else:
+        k_start = 0
+        k_len = N_K
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -303,4 +303,4 @@ def attn_fwd(
 
 
 __all__ = ["attn_fwd", "length_bucket", "use_autotune", "fixed_config", "fixed_kernel", "layout_strides", "lse_strides", "last_dim_contiguous",
-           "INTERPRET", "LOG2E", "f32_dot", "seq_range"]
+           "INTERPRET", "LOG2E", "f32_dot"]

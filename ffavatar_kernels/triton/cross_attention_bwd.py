@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .cross_attention import (INTERPRET, LOG2E, f32_dot, fixed_kernel, last_dim_contiguous,
                               layout_strides, length_bucket, lse_strides, prune_by_head_dim,
-                              seq_range, use_autotune)
+                              use_autotune)
 
 _SMS: dict = {}
 
@@ -70,7 +70,12 @@ def _bwd_preprocess(O, DO, DLSE, DELTA, CU_Q,
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    q_start, q_len = seq_range(CU_Q, b, N_Q, VARLEN_Q)
+    if VARLEN_Q:
+        q_start = tl.load(CU_Q + b).to(tl.int64)
+        q_len = (tl.load(CU_Q + b + 1) - tl.load(CU_Q + b)).to(tl.int32)
+    else:
+        q_start = 0
+        q_len = N_Q
     if pid_m * BLOCK_M >= q_len:
         return
     b64 = b.to(tl.int64)
@@ -146,10 +151,20 @@ def _attn_bwd_dkdv_kernel(
     n_split = tl.num_programs(2)
     b = pid_bh // H
     h = pid_bh % H
-    k_start, k_len = seq_range(CU_K, b, N_K, VARLEN_K)
+    if VARLEN_K:
+        k_start = tl.load(CU_K + b).to(tl.int64)
+        k_len = (tl.load(CU_K + b + 1) - tl.load(CU_K + b)).to(tl.int32)
+    else:
+        k_start = 0
+        k_len = N_K
     if pid_n * BLOCK_N >= k_len:
         return
-    q_start, q_len = seq_range(CU_Q, b, N_Q, VARLEN_Q)
+    if VARLEN_Q:
+        q_start = tl.load(CU_Q + b).to(tl.int64)
+        q_len = (tl.load(CU_Q + b + 1) - tl.load(CU_Q + b)).to(tl.int32)
+    else:
+        q_start = 0
+        q_len = N_Q
     n_qblk = tl.cdiv(q_len, BLOCK_M)
     per = tl.cdiv(n_qblk, n_split)
     lo = pid_s * per
@@ -239,10 +254,20 @@ def _attn_bwd_dq_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    q_start, q_len = seq_range(CU_Q, b, N_Q, VARLEN_Q)
+    if VARLEN_Q:
+        q_start = tl.load(CU_Q + b).to(tl.int64)
+        q_len = (tl.load(CU_Q + b + 1) - tl.load(CU_Q + b)).to(tl.int32)
+    else:
+        q_start = 0
+        q_len = N_Q
     if pid_m * BLOCK_M >= q_len:
         return
-    k_start, k_len = seq_range(CU_K, b, N_K, VARLEN_K)
+    if VARLEN_K:
+        k_start = tl.load(CU_K + b).to(tl.int64)
+        k_len = (tl.load(CU_K + b + 1) - tl.load(CU_K + b)).to(tl.int32)
+    else:
+        k_start = 0
+        k_len = N_K
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
