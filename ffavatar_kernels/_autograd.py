@@ -2,8 +2,9 @@
 
 torch.library's generic autograd wrapper (``register_autograd``) costs tens of µs of Python per
 differentiable call (it rebuilds the argument list from the schema every time), which is most of the
-host time of a small call. The composites (``rasterize``, ``flame_lbs``, ``skin_gaussians``) call the
-registered ops through :func:`call` instead: an ``autograd.Function`` built from the *same*
+host time of a small call. ``rasterize`` calls its registered ops through :func:`call` instead
+(``flame_lbs`` / ``skin_gaussians`` go further: one Function per public call,
+``_flame_lbs_autograd.py``): an ``autograd.Function`` built from the *same*
 setup_context / backward formulas that are registered for direct callers, with the kernel reached
 below the Autograd key (as the generic wrapper does). Under torch.compile the registered op is
 called, so tracing sees the op with its registered autograd.

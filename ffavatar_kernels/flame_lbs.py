@@ -20,6 +20,12 @@ blended transform is Shepperd's method on its 3x3 part, normalized, w >= 0; pose
 ``q(T_u) ⊗ normalize(quats)``. ``transforms`` are the relative joint transforms A_j (the ones that
 skin rest-pose points), as smplx's ``batch_rigid_transform`` returns.
 
+Host time of an eager call (issue 15, "eager overhead"): a call whose model tensors, parents and
+anchors were checked before (same objects, same versions) takes the fast path of
+``_flame_lbs_fast.py`` (a cheap all-good test of betas / pose / offsets / quats, the cached joint
+products and joint weights); the others run the detailed checks. The ops run below the Autograd key
+when no gradient is needed, else as one autograd node per call (``_flame_lbs_autograd.py``).
+
 Input checks cost no host sync, except ``parents`` given as a CUDA tensor: it is read (and
 validated) once per tensor object and cached. Indices in ``anchor_idx`` are range-checked on the
 CPU only (on CUDA the check would cost a host sync per call).
@@ -30,7 +36,9 @@ import weakref
 
 import torch
 
-from . import _autograd, _env, _ext
+from . import _env, _ext
+from . import _flame_lbs_autograd as _ag
+from . import _flame_lbs_fast as _fast
 from ._api import public_op
 from ._validate import check_tensor
 
@@ -100,67 +108,6 @@ def _fused_cpu(betas, pose, J_template, J_dirs, parents, v_template, shapedirs, 
                                False, joint_weights)
 
 
-# ---- autograd ------------------------------------------------------------------------------------
-def _contig(*grads):
-    """Incoming gradients may be expanded / strided views; the kernels read dense buffers."""
-    return tuple(None if g is None else g.contiguous() for g in grads)
-
-
-def _joints_setup(ctx, inputs, output):
-    betas, pose, J_template, J_dirs, parents = inputs
-    ctx.parents = list(parents)
-    ctx.save_for_backward(betas, pose, J_template, J_dirs)
-
-
-def _joints_backward(ctx, g_rot, g_joints, g_A):
-    betas, pose, J_template, J_dirs = ctx.saved_tensors
-    g_rot, g_joints, g_A = _contig(g_rot, g_joints, g_A)
-    gb, gp, g_rest = _ops.flame_lbs_joints_bwd(g_rot, g_joints, g_A, betas, pose, J_template,
-                                               J_dirs, ctx.parents)
-    n = ctx.needs_input_grad
-    g_Jt = g_rest.sum(0) if n[2] else None
-    g_Jd = torch.einsum("bjc,bs->jcs", g_rest, betas) if n[3] else None
-    return gb if n[0] else None, gp if n[1] else None, g_Jt, g_Jd, None
-
-
-
-def _verts_setup(ctx, inputs, output):
-    betas, rot, A, v_template, shapedirs, posedirs, W = inputs[:7]
-    ctx.save_for_backward(betas, rot, A, shapedirs, posedirs, W, output[1])
-
-
-def _verts_backward(ctx, g_verts, g_vposed):
-    betas, rot, A, shapedirs, posedirs, W, v_posed = ctx.saved_tensors
-    n = ctx.needs_input_grad
-    g_verts, g_vposed = _contig(g_verts, g_vposed)
-    gb, grot, gA, gvt, gsd, gpd, gW = _ops.flame_lbs_bwd(
-        g_verts, g_vposed, betas, rot, A, shapedirs, posedirs, W, v_posed, n[3], n[4], n[5], n[6])
-    return (gb if n[0] else None, grot if n[1] else None, gA if n[2] else None,
-            gvt if n[3] else None, gsd if n[4] else None, gpd if n[5] else None,
-            gW if n[6] else None, None)
-
-
-
-def _gauss_setup(ctx, inputs, output):
-    v_posed, A, W, idx, aw, offsets, quats, means_only = inputs[:8]
-    wg = inputs[9] if len(inputs) > 9 else None
-    ctx.means_only = means_only
-    ctx.has_off, ctx.has_q, ctx.has_wg = offsets is not None, quats is not None, wg is not None
-    ctx.save_for_backward(v_posed, A, W, idx, aw, offsets, quats, wg)
-
-
-def _gauss_backward(ctx, g_means, g_quats):
-    v_posed, A, W, idx, aw, offsets, quats, wg = ctx.saved_tensors
-    n = ctx.needs_input_grad
-    g_means, g_quats = _contig(g_means, g_quats)
-    gvp, gA, gW, gaw, goff, gq = _ops.skin_gaussians_bwd(
-        g_means, g_quats, v_posed, A, W, idx, aw, offsets if ctx.has_off else None,
-        quats if ctx.has_q else None, ctx.means_only, n[2], n[4], wg if ctx.has_wg else None)
-    # joint_weights (last input) is a function of lbs_weights / anchor_weights: no gradient of its own
-    return (gvp if n[0] else None, gA if n[1] else None, gW if n[2] else None, None,
-            gaw if n[4] else None, goff if (ctx.has_off and n[5]) else None,
-            gq if (ctx.has_q and n[6]) else None, None, None, None)
-
 _REGISTERED = False
 
 
@@ -177,15 +124,10 @@ def register() -> None:
                      ("flame_skin_gaussians", _fused_fake)):
         torch.library.register_fake(f"{_LIB}::{name}", fn)
     torch.library.register_kernel(f"{_LIB}::flame_skin_gaussians", "cpu", _fused_cpu)
-    for name, bwd, setup in (("flame_lbs_joints", _joints_backward, _joints_setup),
-                             ("flame_lbs", _verts_backward, _verts_setup),
-                             ("skin_gaussians", _gauss_backward, _gauss_setup)):
+    for name, bwd, setup in (("flame_lbs_joints", _ag.joints_backward, _ag.joints_setup),
+                             ("flame_lbs", _ag.verts_backward, _ag.verts_setup),
+                             ("skin_gaussians", _ag.gauss_backward, _ag.gauss_setup)):
         torch.library.register_autograd(f"{_LIB}::{name}", bwd, setup_context=setup)
-
-# Low-overhead autograd for the composites below (see _autograd.py); same formulas as registered.
-_JointsFn = _autograd.function("_JointsFn", lambda *a: _ops.flame_lbs_joints(*a), _joints_setup, _joints_backward)
-_VertsFn = _autograd.function("_VertsFn", lambda *a: _ops.flame_lbs(*a), _verts_setup, _verts_backward)
-_GaussFn = _autograd.function("_GaussFn", lambda *a: _ops.skin_gaussians(*a), _gauss_setup, _gauss_backward)
 
 
 # ---- caches (model constants) --------------------------------------------------------------------
@@ -335,41 +277,94 @@ def _dense_model(betas, v_template, shapedirs, posedirs, J_regressor, lbs_weight
     return betas, v_template, shapedirs, posedirs, lbs_weights, J_template, J_dirs
 
 
-def _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights):
-    """Joints then vertices (returns verts, v_posed, joints, A and the contiguous lbs_weights).
-    Every input is made contiguous before the first launch, so the kernels run back to back and the
-    vertex kernel may start under programmatic dependent launch (``pdl=True``: its inputs other than
-    rot / A exist before the joints kernel starts). skin_gaussians callers make their own inputs
-    contiguous before calling this, for the same reason."""
-    betas, v_template, shapedirs, posedirs, lbs_weights, J_template, J_dirs = _dense_model(
-        betas, v_template, shapedirs, posedirs, J_regressor, lbs_weights)
-    args = (betas, pose_k, J_template, J_dirs, par)
-    rot, joints, A = _autograd.call(_ops.flame_lbs_joints, _JointsFn, args[:4], args)
-    args = (betas, rot, A, v_template, shapedirs, posedirs, lbs_weights, betas.is_cuda)
-    verts, v_posed = _autograd.call(_ops.flame_lbs, _VertsFn, args[:7], args)
-    return verts, v_posed, joints, A, lbs_weights
+def _lbs_args(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights):
+    """The detailed checks (errors naming the argument), then the LBS ops' arguments (betas, pose
+    [B,J,3] or [B,J,3,3], J_template, J_dirs, parents list, v_template, shapedirs, posedirs,
+    lbs_weights), every tensor contiguous. Every input is made contiguous here, before the first
+    launch, so the kernels run back to back and the vertex kernel may start under programmatic
+    dependent launch (its inputs other than rot / A exist before the joints kernel starts)."""
+    pose_k, par = _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents,
+                               lbs_weights)
+    _ext.require("flame_lbs")
+    betas, vt, sd, pd, W, Jt, Jd = _dense_model(betas, v_template, shapedirs, posedirs, J_regressor, lbs_weights)
+    return (betas, pose_k, Jt, Jd, par, vt, sd, pd, W)
 
 
+def _skin_args(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, anchor_idx,
+               anchor_weights, offsets, quats, means_only):
+    """As _lbs_args, for skin_gaussians: its 15 arguments (SkinFn's order), every tensor contiguous."""
+    pose_k, par = _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents,
+                               lbs_weights)
+    dev, dt = betas.device, betas.dtype
+    sz = {"B": betas.shape[0]}
+    check_tensor("anchor_idx", anchor_idx, ("N", "K"), (torch.int32, torch.int64), dev, sz)
+    if not 1 <= sz["K"] <= 4:
+        raise ValueError(f"anchor_idx: expected 1..4 anchors per Gaussian, got shape {list(anchor_idx.shape)}")
+    check_tensor("anchor_weights", anchor_weights, ("N", "K"), dt, dev, sz)
+    if offsets is not None:
+        if isinstance(offsets, torch.Tensor) and offsets.dim() == 3:
+            check_tensor("offsets", offsets, ("B", "N", 3), dt, dev, sz)
+        else:
+            check_tensor("offsets", offsets, ("N", 3), dt, dev, sz)
+        offsets = offsets.contiguous()
+    if quats is not None:
+        check_tensor("quats", quats, ("N", 4), dt, dev, sz)
+        quats = quats.contiguous()
+    _ext.require("skin_gaussians")
+    anchor_idx, anchor_weights = anchor_idx.contiguous(), anchor_weights.contiguous()
+    # before the first launch: the Gaussian kernel reads it before its PDL wait (see _lbs_args)
+    wg = _anchor_joint_weights(lbs_weights, anchor_idx, anchor_weights)
+    betas, vt, sd, pd, W, Jt, Jd = _dense_model(betas, v_template, shapedirs, posedirs, J_regressor, lbs_weights)
+    return (betas, pose_k, Jt, Jd, par, vt, sd, pd, W, anchor_idx, anchor_weights, offsets, quats,
+            bool(means_only), wg)
+
+
+# ---- running the ops ------------------------------------------------------------------------------
 _FUSED_MAX_JOINTS = 8  # kFusedMaxJoints (flame_lbs.h)
 
 
-def _use_fused(betas, J: int, tensors) -> bool:
-    """One frame on CUDA, no gradient needed, not under torch.compile, FFAVATAR_NO_FUSED unset: the
-    fused flame_skin_gaussians op (two launches instead of three)."""
-    if betas.shape[0] != 1 or not betas.is_cuda or J > _FUSED_MAX_JOINTS or torch.compiler.is_compiling():
-        return False
-    if _env.no_fused():
-        return False
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+def _needs_grad(args, idxs) -> bool:
+    """Whether autograd must record: grad mode on and a differentiable argument requires grad."""
+    return torch.is_grad_enabled() and any(args[i] is not None and args[i].requires_grad for i in idxs)
 
 
-def _run_fused(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights, anchor_idx,
-               anchor_weights, wg, offsets, quats, means_only):
-    betas, v_template, shapedirs, posedirs, lbs_weights, J_template, J_dirs = _dense_model(
-        betas, v_template, shapedirs, posedirs, J_regressor, lbs_weights)
-    args = (betas, pose_k, J_template, J_dirs, par, v_template, shapedirs, posedirs, lbs_weights, anchor_idx,
-            anchor_weights, wg, offsets, quats, bool(means_only))
-    return _autograd.call(_ops.flame_skin_gaussians, None, (), args)
+def _lbs_ops(betas, pose, Jt, Jd, par, vt, sd, pd, W):
+    rot, joints, A = _ops.flame_lbs_joints(betas, pose, Jt, Jd, par)
+    return _ops.flame_lbs(betas, rot, A, vt, sd, pd, W, betas.is_cuda)[0], joints, A
+
+
+def _skin_ops(betas, pose, Jt, Jd, par, vt, sd, pd, W, idx, aw, off, q, means_only, wg):
+    rot, _, A = _ops.flame_lbs_joints(betas, pose, Jt, Jd, par)
+    _, v_posed = _ops.flame_lbs(betas, rot, A, vt, sd, pd, W, betas.is_cuda)
+    return _ops.skin_gaussians(v_posed, A, W, idx, aw, off, q, means_only, v_posed.is_cuda, wg)
+
+
+def _run_lbs(args):
+    """(verts, joints, A): one autograd node (LbsFn) when a gradient is needed, else the two ops
+    below the Autograd key (their registered Python autograd would only cost host time); under
+    torch.compile the ops with their registered autograd."""
+    if torch.compiler.is_compiling():
+        return _lbs_ops(*args)
+    if _needs_grad(args, _ag.LBS_GRAD_INPUTS):
+        return _ag.LbsFn.apply(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return _lbs_ops(*args)
+
+
+def _run_skin(args):
+    """(means, quats): SkinFn when a gradient is needed; else, for one frame on CUDA (J <= 8,
+    FFAVATAR_NO_FUSED unset), the fused flame_skin_gaussians op (two launches instead of three), or
+    the three ops below the Autograd key; under torch.compile the ops with their registered autograd."""
+    if torch.compiler.is_compiling():
+        return _skin_ops(*args)
+    if _needs_grad(args, _ag.SKIN_GRAD_INPUTS):
+        return _ag.SkinFn.apply(*args)
+    betas, pose, Jt, Jd, par, vt, sd, pd, W, idx, aw, off, q, means_only, wg = args
+    with torch._C._AutoDispatchBelowAutograd():
+        if betas.shape[0] == 1 and betas.is_cuda and len(par) <= _FUSED_MAX_JOINTS and not _env.no_fused():
+            return _ops.flame_skin_gaussians(betas, pose, Jt, Jd, par, vt, sd, pd, W, idx, aw, wg, off, q,
+                                             means_only)
+        return _skin_ops(*args)
 
 
 @public_op("flame_lbs")
@@ -393,11 +388,15 @@ def flame_lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents
         Differentiable w.r.t. betas, pose, v_template, shapedirs, posedirs, J_regressor and
         lbs_weights.
     """
-    pose_k, par = _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents,
-                               lbs_weights)
-    _ext.require("flame_lbs")
-    verts, _, joints, A, _ = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor,
-                                      par, lbs_weights)
+    consts = (v_template, shapedirs, posedirs, J_regressor, lbs_weights)
+    c = _fast.lookup(consts, parents)
+    ins = None if c is None else _fast.cheap_inputs(c, betas, pose)
+    if ins is not None:
+        args = (ins[0], ins[1], c.Jt, c.Jd, c.par, v_template, shapedirs, posedirs, lbs_weights)
+    else:
+        args = _lbs_args(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights)
+        _fast.remember(consts, parents, args)
+    verts, joints, A = _run_lbs(args)
     return (verts, joints, A) if return_transforms else (verts, joints)
 
 
@@ -425,35 +424,18 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
         means [B,N,3], quats [B,N,4]. Differentiable w.r.t. offsets, quats, anchor_weights and
         everything :func:`flame_lbs` is.
     """
-    pose_k, par = _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents,
-                               lbs_weights)
-    dev, dt = betas.device, betas.dtype
-    sz = {"B": betas.shape[0]}
-    check_tensor("anchor_idx", anchor_idx, ("N", "K"), (torch.int32, torch.int64), dev, sz)
-    if not 1 <= sz["K"] <= 4:
-        raise ValueError(f"anchor_idx: expected 1..4 anchors per Gaussian, got shape {list(anchor_idx.shape)}")
-    check_tensor("anchor_weights", anchor_weights, ("N", "K"), dt, dev, sz)
-    if offsets is not None:
-        if isinstance(offsets, torch.Tensor) and offsets.dim() == 3:
-            check_tensor("offsets", offsets, ("B", "N", 3), dt, dev, sz)
-        else:
-            check_tensor("offsets", offsets, ("N", 3), dt, dev, sz)
-        offsets = offsets.contiguous()
-    if quats is not None:
-        check_tensor("quats", quats, ("N", 4), dt, dev, sz)
-        quats = quats.contiguous()
-    _ext.require("skin_gaussians")
-    anchor_idx, anchor_weights = anchor_idx.contiguous(), anchor_weights.contiguous()
-    # before the first launch: the Gaussian kernel reads it before its PDL wait (see _run_lbs)
-    wg = _anchor_joint_weights(lbs_weights, anchor_idx, anchor_weights)
-    if _use_fused(betas, len(par), (betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights,
-                                    anchor_weights, offsets, quats)):
-        return _run_fused(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par, lbs_weights,
-                          anchor_idx, anchor_weights, wg, offsets, quats, means_only)
-    _, v_posed, _, A, W = _run_lbs(betas, pose_k, v_template, shapedirs, posedirs, J_regressor, par,
-                                   lbs_weights)
-    args = (v_posed, A, W, anchor_idx, anchor_weights, offsets, quats, bool(means_only), v_posed.is_cuda, wg)
-    return _autograd.call(_ops.skin_gaussians, _GaussFn, args[:7], args)
+    consts = (v_template, shapedirs, posedirs, J_regressor, lbs_weights, anchor_idx, anchor_weights)
+    c = _fast.lookup(consts, parents)
+    ins = None if c is None else _fast.cheap_inputs(c, betas, pose, offsets, quats)
+    if ins is not None:
+        b, p, off, q = ins
+        args = (b, p, c.Jt, c.Jd, c.par, v_template, shapedirs, posedirs, lbs_weights, anchor_idx, anchor_weights,
+                off, q, bool(means_only), c.wg)
+    else:
+        args = _skin_args(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights,
+                          anchor_idx, anchor_weights, offsets, quats, means_only)
+        _fast.remember(consts, parents, args)
+    return _run_skin(args)
 
 
 def shape_template(v_template, shapedirs, betas_shape):

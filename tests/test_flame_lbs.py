@@ -591,3 +591,140 @@ def test_shape_template_rejects_batched_or_integer_inputs():
         F.shape_template(m["v_template"], m["shapedirs"], torch.randn(2, 3))
     with pytest.raises(TypeError, match="v_template"):
         F.shape_template(m["v_template"].long(), m["shapedirs"].long(), torch.randn(3).long())
+
+
+# ---- the fast path (a model checked once, _flame_lbs_fast.py) and one autograd node per call -------
+FAST = importlib.import_module("ffavatar_kernels._flame_lbs_fast")
+
+
+def _fast_setup(V=40, J=5, S=6, N=30, B=2):
+    m = make_model(V, J, S)
+    betas, pose = make_inputs(B, J, S)
+    idx, aw = make_anchors(N, V)
+    off, q = torch.randn(N, 3, dtype=torch.float64) * 1e-2, torch.randn(N, 4, dtype=torch.float64)
+    return m, betas, pose, idx, aw, off, q
+
+
+def _skin(m, betas, pose, idx, aw, off, q, parents=None, **kw):
+    args = model_args(m)
+    if parents is not None:
+        args[4] = parents
+    return F.skin_gaussians(betas, pose, *args, idx, aw, off, q, **kw)
+
+
+@pytest.mark.parametrize("parents", ["tensor", "list"])
+def test_fast_path_is_taken_after_one_checked_call(parents):
+    m, betas, pose, idx, aw, off, q = _fast_setup()
+    par = m["parents"] if parents == "tensor" else PARENTS
+    want = _skin(m, betas, pose, idx, aw, off, q, par)
+    want_v = F.flame_lbs(betas, pose, *model_args(m)[:4], par, m["lbs_weights"])
+    with mock.patch.object(F, "_skin_args", side_effect=AssertionError("detailed checks ran")), \
+            mock.patch.object(F, "_lbs_args", side_effect=AssertionError("detailed checks ran")):
+        got = _skin(m, betas, pose, idx, aw, off, q, par)
+        got_v = F.flame_lbs(betas, pose, *model_args(m)[:4], par, m["lbs_weights"])
+    for a, b in zip(list(got) + list(got_v), list(want) + list(want_v)):
+        assert torch.equal(a, b)
+    # a new batch size, offsets batched, pose as [B,J,3]: still the fast path
+    with mock.patch.object(F, "_skin_args", side_effect=AssertionError("detailed checks ran")):
+        b3, p3 = make_inputs(3, 5, 6)
+        got = _skin(m, b3, p3.reshape(3, 5, 3), idx, aw, off[None].expand(3, -1, -1), q, par)
+    want = ref.skin_gaussians(b3, p3, *model_args(m), idx, aw, off[None].expand(3, -1, -1), q)
+    assert rel(got[0], want[0]) < 1e-12
+
+
+def test_fast_path_rechecks_a_model_changed_in_place():
+    m, betas, pose, idx, aw, off, q = _fast_setup()
+    _skin(m, betas, pose, idx, aw, off, q)
+    F.flame_lbs(betas, pose, *model_args(m))
+    with torch.no_grad():  # in place: versions bump, the cached joint products must not be reused
+        m["v_template"].add_(0.05)
+        m["shapedirs"].mul_(3.0)
+        aw[:, 0] += 0.1
+    want = ref.skin_gaussians(betas, pose, *model_args(m), idx, aw, off, q)
+    got = _skin(m, betas, pose, idx, aw, off, q)
+    assert rel(got[0], want[0]) < 1e-12 and rel(got[1], want[1]) < 1e-10
+    want_v = ref.flame_lbs(betas, pose, *model_args(m))
+    got_v = F.flame_lbs(betas, pose, *model_args(m))
+    assert rel(got_v[0], want_v[0]) < 1e-12 and rel(got_v[1], want_v[1]) < 1e-12
+
+
+def test_fast_path_bad_inputs_still_name_the_argument():
+    """After a good call warmed the fast path, a bad per-call input falls back to the detailed checks."""
+    m, betas, pose, idx, aw, off, q = _fast_setup()
+    _skin(m, betas, pose, idx, aw, off, q)
+    F.flame_lbs(betas, pose, *model_args(m))
+    with pytest.raises(ValueError, match=r"betas: expected shape \[\*,6\], got \[2, 5\]"):
+        _skin(m, betas[:, :5], pose, idx, aw, off, q)
+    with pytest.raises(ValueError, match=r"betas: expected shape"):
+        F.flame_lbs(betas[:, :5], pose, *model_args(m))
+    with pytest.raises(TypeError, match="betas: expected dtype float64"):
+        _skin(m, betas.float(), pose, idx, aw, off, q)
+    with pytest.raises(TypeError, match="betas: expected a torch.Tensor"):
+        _skin(m, betas.tolist(), pose, idx, aw, off, q)
+    with pytest.raises(ValueError, match="pose"):
+        _skin(m, betas, pose[:, :14], idx, aw, off, q)
+    with pytest.raises(ValueError, match="pose"):
+        F.flame_lbs(betas, pose[:1], *model_args(m))
+    with pytest.raises(ValueError, match="offsets"):
+        _skin(m, betas, pose, idx, aw, off[:, :2], q)
+    with pytest.raises(ValueError, match="quats"):
+        _skin(m, betas, pose, idx, aw, off, q[:-1])
+    with pytest.raises(TypeError, match="quats"):
+        _skin(m, betas, pose, idx, aw, off, q.float())
+    with pytest.raises(ValueError, match="parents: expected a kinematic tree"):
+        _skin(m, betas, pose, idx, aw, off, q, [0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="anchor_weights"):
+        _skin(m, betas, pose, idx, aw[:5], off, q)
+    _skin(m, betas, pose, idx, aw, off, q)  # and the good call still works
+
+
+def test_fast_path_forgets_dead_tensors_and_skips_views():
+    m, betas, pose, idx, aw, off, q = _fast_setup()
+    _skin(m, betas, pose, idx, aw, off, q)
+    keys = set(FAST._entries)
+    del m, idx, aw
+    import gc
+    gc.collect()
+    assert not keys & set(FAST._entries)
+    m, betas, pose, idx, aw, off, q = _fast_setup()
+    m["shapedirs"] = m["shapedirs"].permute(2, 1, 0).contiguous().permute(2, 1, 0)  # a view: copied per call
+    n = len(FAST._entries)
+    got = _skin(m, betas, pose, idx, aw, off, q)
+    assert len(FAST._entries) == n
+    want = ref.skin_gaussians(betas, pose, *model_args(m), idx, aw, off, q)
+    assert rel(got[0], want[0]) < 1e-12
+
+
+def test_fast_path_model_that_starts_needing_grad():
+    """A model remembered without gradients that later requires grad gets its gradient (the cached
+    joint products are not used then)."""
+    m, betas, pose, idx, aw, off, q = _fast_setup()
+    _skin(m, betas, pose, idx, aw, off, q)
+    m["shapedirs"].requires_grad_()
+    b = betas.clone().requires_grad_()
+    means, _ = _skin(m, b, pose, idx, aw, off, q)
+    g_sd, g_b = torch.autograd.grad(means.sum(), [m["shapedirs"], b])
+    m_ref = dict(m, shapedirs=m["shapedirs"].detach().clone().requires_grad_())
+    b_ref = betas.clone().requires_grad_()
+    want = torch.autograd.grad(ref.skin_gaussians(b_ref, pose, *model_args(m_ref), idx, aw, off, q)[0].sum(),
+                               [m_ref["shapedirs"], b_ref])
+    assert rel(g_sd, want[0]) < 1e-10 and rel(g_b, want[1]) < 1e-10
+
+
+@pytest.mark.parametrize("which", ["offsets+quats", "pose", "joints only"])
+def test_one_node_partial_gradients(which):
+    """One autograd node per call: gradients of some inputs only (the backward skips the ops that no
+    requested input is behind), and of outputs used partly, match the reference."""
+    m, betas, pose, idx, aw, off, q = _fast_setup(B=3)
+    impls = []
+    for fl, sk in ((F.flame_lbs, F.skin_gaussians), (ref.flame_lbs, ref.skin_gaussians)):
+        b, p, o, qq = (t.clone().requires_grad_() for t in (betas, pose, off, q))
+        if which == "joints only":
+            _, joints = fl(b, p, *model_args(m))
+            impls.append(torch.autograd.grad((joints ** 2).sum(), [b, p]))
+        else:
+            means, quats = sk(b, p, *model_args(m), idx, aw, o, qq)
+            leaves = [o, qq] if which == "offsets+quats" else [p]
+            impls.append(torch.autograd.grad((means ** 2).sum() + (quats * 0.5).sum(), leaves))
+    for g, w in zip(*impls):
+        assert rel(g, w) < 1e-10
