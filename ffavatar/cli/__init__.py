@@ -1,4 +1,5 @@
-"""The ``ffavatar`` command line (``main``), one module per command (``demo``, ``info``)."""
+"""The ``ffavatar`` command line (``main``), one module per command (``reconstruct``, ``animate``, ``export``,
+``demo``, ``bench``, ``info``)."""
 from .main import build_parser, main
 
 __all__ = ["main", "build_parser"]

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from .errors import CliError, check_output_path
+from .errors import CliError, atomic_output, check_output_path
 
 __all__ = ["add_parser", "run"]
 
@@ -65,20 +65,21 @@ def run(args) -> int:
     anim = Animator(model, gaussians, args.size, device=device, backend=backend, fps=args.fps)
     print(f"ffavatar demo: {gaussians.num_gaussians} Gaussians on {device}; {backend.description}", flush=True)
     t_setup = time.perf_counter() - t0
-    with VideoWriter(args.out, fps=args.fps) as writer, \
-            tqdm(total=args.frames, unit="frame", disable=args.no_progress, file=sys.stderr) as bar:
-        t1 = time.perf_counter()
-        write_s = 0.0
-        for imgs in anim.render_sequence(args.frames, batch):
-            frames = (imgs * 255.0 + 0.5).to(torch.uint8).cpu().numpy()     # syncs the device
-            tw = time.perf_counter()
-            for f in frames:
-                writer.write(f)
-            write_s += time.perf_counter() - tw
-            bar.update(len(frames))
-        render_s = time.perf_counter() - t1 - write_s
-    if not os.path.isfile(out) or os.path.getsize(out) == 0:
-        raise CliError("demo", f"--out: the video {args.out!r} was not written")
+    with atomic_output(out) as tmp:             # a failure leaves no partial video
+        with VideoWriter(tmp, fps=args.fps) as writer, \
+                tqdm(total=args.frames, unit="frame", disable=args.no_progress, file=sys.stderr) as bar:
+            t1 = time.perf_counter()
+            write_s = 0.0
+            for imgs in anim.render_sequence(args.frames, batch):
+                frames = (imgs * 255.0 + 0.5).to(torch.uint8).cpu().numpy()     # syncs the device
+                tw = time.perf_counter()
+                for f in frames:
+                    writer.write(f)
+                write_s += time.perf_counter() - tw
+                bar.update(len(frames))
+            render_s = time.perf_counter() - t1 - write_s
+        if not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
+            raise CliError("demo", f"--out: the video {args.out!r} was not written")
     wall = time.perf_counter() - t0
     render_s = max(render_s, 1e-9)
     print(f"ffavatar demo: {args.frames} frames, {args.size}x{args.size}, device {device}, "

@@ -1,13 +1,16 @@
 """How every command fails: one line on stderr naming the command, a non-zero exit, no traceback.
 
 Commands raise :class:`CliError` for bad arguments and check output paths with
-:func:`check_output_path` before any work starts.
+:func:`check_output_path` (input files with :func:`check_input_file`) before any work starts;
+outputs that are not written atomically by the library go through :func:`atomic_output`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 
-__all__ = ["CliError", "check_output_path"]
+__all__ = ["CliError", "check_output_path", "check_input_file", "check_device", "check_positive", "atomic_output"]
 
 
 class CliError(SystemExit):
@@ -52,3 +55,65 @@ def check_output_path(command: str, option: str, path: str, extensions: tuple[st
     if not existed:
         os.remove(full)
     return full
+
+
+def check_input_file(command: str, option: str, path: str, what: str = "file") -> str:
+    """Check that ``path`` is an existing, readable file, before the work.
+
+    Returns:
+        the absolute path.
+
+    Raises:
+        CliError: naming ``option`` (or the positional argument) and the file.
+    """
+    full = os.path.abspath(path)
+    if not os.path.exists(full):
+        raise CliError(command, f"{option}: no such {what} {path!r}")
+    if os.path.isdir(full):
+        raise CliError(command, f"{option}: {path!r} is a folder, not a {what}")
+    try:
+        with open(full, "rb"):
+            pass
+    except OSError as exc:
+        raise CliError(command, f"{option}: cannot read {path!r} ({exc.strerror or exc})") from None
+    return full
+
+
+def check_device(command: str, device: "str | None") -> str:
+    """``--device``: ``cpu`` or ``cuda`` (None: cuda when available); CliError when CUDA is missing."""
+    import torch
+    cuda = torch.cuda.is_available()
+    device = device or ("cuda" if cuda else "cpu")
+    if device == "cuda" and not cuda:
+        raise CliError(command, "--device cuda, but torch has no CUDA device here")
+    return device
+
+
+def check_positive(command: str, option: str, value, *, minimum=1, maximum=None) -> None:
+    """An integer option within [minimum, maximum] (None: no upper bound), else CliError."""
+    if value is None:
+        return
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise CliError(command, f"{option} must be {bound}, got {value}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str):
+    """Write an output file through a temporary file beside it: yields the temporary path (same
+    folder, same extension, so writers that pick the format by extension work); on success it is
+    renamed over ``path`` (``os.replace``), on any failure (also Ctrl-C) removed, so a failed
+    command never leaves a partial or truncated output file."""
+    full = os.path.abspath(path)
+    folder, name = os.path.split(full)
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(folder, f".{stem}.{secrets.token_hex(6)}.partial{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, full)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

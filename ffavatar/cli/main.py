@@ -5,24 +5,31 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import demo, info
+from . import animate, bench, demo, export, info, reconstruct
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (demo, info)   # each: add_parser(subparsers), run(args) -> int
+COMMANDS = (reconstruct, animate, export, demo, bench, info)   # each: add_parser(subparsers), run(args) -> int
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's failure contract: a usage error is one line on stderr
+    (``ffavatar <command>: <what>``), exit status 2. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``ffavatar`` command and its subcommands."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ffavatar",
         description="Feed-forward 3D Gaussian head avatars: GPU kernels and the model layer.",
-        epilog="Commands:\n  demo  render the built-in synthetic head, animated, to a video file\n"
-               "  info  print versions, build information, kernel availability and the ops\n\n"
-               "Run `ffavatar <command> --help` for the options of a command.",
+        epilog="Run `ffavatar <command> --help` for the options of a command.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"ffavatar {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{demo,info}")
+    names = ",".join(c.__name__.rsplit(".", 1)[1] for c in COMMANDS)
+    sub = p.add_subparsers(dest="command", metavar="{" + names + "}")
     for command in COMMANDS:
         command.add_parser(sub)
     return p
