@@ -228,10 +228,12 @@ class FFAvatarModel(nn.Module):
         self._warn_random()
         x, counts, listed = self._prepare(images)
         attrs, est = self._run(x, counts)
-        avatars = [self._avatar(attrs, est, b) for b in range(len(counts))]
+        avatars = [self.to_avatar(attrs, est, b) for b in range(len(counts))]
         return avatars if listed else avatars[0]
 
-    def _avatar(self, attrs: GaussianAttributes, est: FlameEstimate, b: int) -> Avatar:
+    def to_avatar(self, attrs: GaussianAttributes, est: FlameEstimate, b: int) -> Avatar:
+        """Avatar ``b`` of a forward's decoded attributes and estimate (what ``model(images)``
+        returns). Differentiable: no detach, so training renders it and backpropagates."""
         anchors = self.canon_means.float()                                     # [N,3]
         views = est.avatar(b)
         return Avatar(anchor_idx=self.canon_anchor_idx, anchor_weights=self.canon_anchor_weights,

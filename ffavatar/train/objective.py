@@ -108,7 +108,7 @@ class FewToManyObjective:
         terms = {k: torch.zeros((), device=dev) for k in ("target", "inputs", "params")}
         preds = []
         for b, s in enumerate(samples):
-            avatar = base._avatar(attrs, est, b)                         # differentiable (no detach)
+            avatar = base.to_avatar(attrs, est, b)                         # differentiable (no detach)
             H, W = s.target_images.shape[-2:]
             tgt = {k: v.to(dev) for k, v in s.target.items()}
             pred = avatar.render(flame, tgt["viewmats"], tgt["Ks"], W, H, expression=tgt["expr"],
