@@ -263,9 +263,9 @@ def _check_model(betas, pose, v_template, shapedirs, posedirs, J_regressor, pare
         pose_k = check_tensor("pose", pose, (B, J, 3), dt, dev)
     else:
         pose_k = check_tensor("pose", pose, (B, J * 3), dt, dev).reshape(B, J, 3)
-    par = _parents(parents, J)
     if isinstance(parents, torch.Tensor) and parents.device != dev and parents.device.type != "cpu":
         raise ValueError(f"parents: expected a tensor on {dev} or the CPU, got one on {parents.device}")
+    par = _parents(parents, J)
     return pose_k.contiguous(), par
 
 

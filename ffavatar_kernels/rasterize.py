@@ -193,6 +193,7 @@ def _bin(*args):
 # the public op
 # ================================================================================================
 _RENDER_MODES = ("RGB", "ED", "RGB+ED")
+MAX_IMAGE_SIDE = 32768  # csrc/rasterize/rasterize_checks.h kMaxImageSide (int32 pixel indices per image)
 _RASTER_MODES = ("classic", "antialiased")
 
 
@@ -315,8 +316,8 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         except TypeError:
             raise TypeError(f"width, height, tile_size: expected ints, got {type(width).__name__}, "
                             f"{type(height).__name__}, {type(tile_size).__name__}") from None
-    if width <= 0 or height <= 0:
-        raise ValueError(f"width, height: expected > 0, got {width}x{height}")
+    if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE):
+        raise ValueError(f"width, height: expected 1..{MAX_IMAGE_SIDE} pixels each, got {width}x{height}")
     if not 1 <= tile_size <= 32:
         raise ValueError(f"tile_size: expected 1..32, got {tile_size}")
     if not (math.isfinite(near_plane) and near_plane < far_plane) or math.isnan(far_plane):

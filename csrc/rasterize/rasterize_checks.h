@@ -101,8 +101,13 @@ inline at::Tensor flat_grad(const at::Tensor& g, int64_t* stride) {
   return g.contiguous();
 }
 
+constexpr int64_t kMaxImageSide = 32768;  // ffavatar_kernels.rasterize.MAX_IMAGE_SIDE
+
 inline void check_image(int64_t width, int64_t height, int64_t tile_size) {
   FFA_CHECK(width > 0 && height > 0, "rasterize: width and height must be > 0, got ", width, "x", height);
+  // Dims holds them as int and pixel indices as int32 per image: bound them (no narrowing)
+  FFA_CHECK(width <= kMaxImageSide && height <= kMaxImageSide, "rasterize: width and height must be <= ",
+            kMaxImageSide, ", got ", width, "x", height);
   FFA_CHECK(tile_size >= 1 && tile_size <= 32, "rasterize: tile_size must be in [1, 32], got ", tile_size);
 }
 
