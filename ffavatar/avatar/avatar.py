@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
@@ -21,64 +21,17 @@ from ..geometry.rotations import quat_mul
 from ..render import Backend, select_backend
 from ..render.shading import shade
 from .files import AvatarFileError, read_avatar, save_avatar
+from .personalize import personalize as _personalize
 from .ply import export_avatar_ply
+from .residuals import EffectiveGaussians, Residuals, axis_angle_to_quat
 
-__all__ = ["Avatar", "Residuals", "EffectiveGaussians", "FlameMismatchError", "load_avatar"]
+__all__ = ["Avatar", "FlameMismatchError", "load_avatar"]
 
 _FIELDS = ("offsets", "quats", "scales", "opacities", "colors")
 
 
 class FlameMismatchError(ValueError):
     """An avatar is used with a FLAME model other than the one it was built on (fingerprints differ)."""
-
-
-@dataclass
-class Residuals:
-    """Per-Gaussian corrections (personalization); all zeros leave the avatar exactly as it is.
-
-    Attributes (N Gaussians), each applied by :meth:`Avatar.effective`:
-        offsets:   [N,3] metres, added to the offsets.
-        rotations: [N,3] axis-angle (radians); rotation ``R(r) @ R(quat)`` in the canonical frame.
-        scales:    [N,3] log factors: ``scales * exp(r)``.
-        opacities: [N] logit shifts: ``sigmoid(logit(opacity) + r)`` (exact for opacities 0 and 1).
-        colors:    [N,3] added to the RGB colours, clamped to [0,1].
-    """
-    offsets: torch.Tensor
-    rotations: torch.Tensor
-    scales: torch.Tensor
-    opacities: torch.Tensor
-    colors: torch.Tensor
-
-    @classmethod
-    def zeros(cls, n: int, dtype=torch.float32, device=None) -> "Residuals":
-        z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)  # noqa: E731
-        return cls(offsets=z(n, 3), rotations=z(n, 3), scales=z(n, 3), opacities=z(n), colors=z(n, 3))
-
-    def tensors(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def map(self, fn) -> "Residuals":
-        return Residuals(**{k: fn(v) for k, v in self.tensors().items()})
-
-
-class EffectiveGaussians(NamedTuple):
-    """The canonical Gaussians with the residuals applied (what posing and rendering use)."""
-    anchor_idx: torch.Tensor      # [N,K] int64
-    anchor_weights: torch.Tensor  # [N,K]
-    offsets: torch.Tensor         # [N,3]
-    quats: torch.Tensor           # [N,4] wxyz, unit
-    scales: torch.Tensor          # [N,3] metres
-    opacities: torch.Tensor       # [N] in [0,1]
-    colors: torch.Tensor          # [N,3] in [0,1]
-
-
-def axis_angle_to_quat(r: torch.Tensor) -> torch.Tensor:
-    """[...,3] axis-angle -> [...,4] unit wxyz quaternions (exactly (1,0,0,0) for zeros)."""
-    theta = r.norm(dim=-1, keepdim=True)
-    small = theta < 1e-4
-    t = torch.where(small, torch.ones_like(theta), theta)
-    k = torch.where(small, 0.5 - theta * theta / 48.0, torch.sin(0.5 * t) / t)    # sin(θ/2)/θ
-    return torch.cat([torch.cos(0.5 * theta), k * r], -1)
 
 
 @dataclass
@@ -380,6 +333,16 @@ class Avatar:
         return img[:, 0].clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------------------ files
+    def personalize(self, model: FlameModel, images: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor,
+                    expression: Optional[torch.Tensor] = None, pose: Optional[torch.Tensor] = None,
+                    steps: int = 500, **options):
+        """Fit per-Gaussian residuals (and optionally per-view expressions / shape) to photos of this
+        head: :func:`ffavatar.avatar.personalize.personalize` with this avatar. ``images`` [V,H,W,3] or
+        [V,3,H,W] in [0,1] (or uint8), ``viewmats`` [V,4,4], ``Ks`` [V,3,3] or [3,3], ``expression``
+        [V,n_expr], ``pose`` [V,J*3]. Returns (the personalized Avatar, its History)."""
+        return _personalize(self, model, images, viewmats, Ks, expression=expression, pose=pose, steps=steps,
+                            **options)
+
     def save(self, path: "str | os.PathLike") -> None:
         """Write a ``.ffavatar`` file atomically (:mod:`ffavatar.avatar.files`)."""
         save_avatar(self, path)
