@@ -5,11 +5,11 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import animate, bench, demo, export, info, reconstruct, train
+from . import animate, bench, demo, export, info, personalize, reconstruct, train
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (reconstruct, animate, export, train, demo, bench, info)   # each: add_parser(subparsers), run(args) -> int
+COMMANDS = (reconstruct, animate, personalize, export, train, demo, bench, info)   # each: add_parser(subparsers), run(args) -> int
 
 
 class _Parser(argparse.ArgumentParser):
