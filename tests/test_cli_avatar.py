@@ -5,32 +5,13 @@ Mostly in-process (`main([...])`, fast); a few through `python -m ffavatar` for 
 behaviour. Tiny sizes: the `tiny` network preset, 32-pixel frames, a few frames."""
 import dataclasses
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _kernels_importable():
-    try:
-        import ffavatar_kernels  # noqa: F401
-        from ffavatar_kernels.reference import flame_lbs, rasterize  # noqa: F401
-        return True
-    except Exception:
-        return False
-
-
-needs_kernels = pytest.mark.skipif(not _kernels_importable(), reason="ffavatar_kernels (reference twins) not importable")
-
-
-def _run(*args, timeout=180):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "ffavatar", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+from test_cli import _run, needs_kernels  # one helper set for the CLI tests
 
 
 def _main(capsys, *argv):
