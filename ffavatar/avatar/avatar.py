@@ -324,13 +324,7 @@ class Avatar:
         scales = g.scales.to(dt).expand(S, N, 3).contiguous()
         opac = g.opacities.to(dt).expand(S, N).contiguous()
         bg = torch.as_tensor(background, dtype=dt, device=dev).reshape(1, 1, 3).expand(S, 1, 3).contiguous()
-        vm, K = vm[:, None].contiguous(), K[:, None].contiguous()
-        if backend.tiled_reference:
-            img, _ = backend.rasterize(means, quats, scales, opac, colors.contiguous(), vm, K, width, height, bg)
-        else:
-            img, _, _ = backend.rasterize(means, quats, scales, opac, colors.contiguous(), vm, K, width, height,
-                                          backgrounds=bg)
-        return img[:, 0].clamp(0.0, 1.0)
+        return backend.render_scenes(means, quats, scales, opac, colors, vm, K, width, height, bg)
 
     # ------------------------------------------------------------------------------ files
     def personalize(self, model: FlameModel, images: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor,

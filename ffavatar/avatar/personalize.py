@@ -196,7 +196,7 @@ class _ViewRenderer:
         with torch.no_grad():
             self.lbs_args = model.expression_lbs_args(bs)
         V = viewmats.shape[0]
-        self.viewmats, self.Ks = viewmats[:, None].contiguous(), Ks[:, None].contiguous()
+        self.viewmats, self.Ks = viewmats.contiguous(), Ks.contiguous()                 # [V,4,4], [V,3,3]
         self.bg = torch.as_tensor(background, dtype=dt, device=dev).reshape(1, 1, 3).expand(V, 1, 3).contiguous()
         self.width, self.height, self.V, self.dtype = width, height, V, dt
         self.backend = backend
@@ -212,13 +212,8 @@ class _ViewRenderer:
         colors = g.colors.to(dt).expand(V, N, 3).contiguous()
         scales = g.scales.to(dt).expand(V, N, 3).contiguous()
         opac = g.opacities.to(dt).expand(V, N).contiguous()
-        if be.tiled_reference:
-            img, _ = be.rasterize(means, quats, scales, opac, colors, self.viewmats, self.Ks, self.width,
-                                  self.height, self.bg)
-        else:
-            img, _, _ = be.rasterize(means, quats, scales, opac, colors, self.viewmats, self.Ks, self.width,
-                                     self.height, backgrounds=self.bg)
-        return img[:, 0].clamp(0.0, 1.0)
+        return be.render_scenes(means, quats, scales, opac, colors, self.viewmats, self.Ks, self.width, self.height,
+                                self.bg)
 
 
 def _sync(device: torch.device) -> None:

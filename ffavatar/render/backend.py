@@ -8,6 +8,7 @@ import dataclasses
 from typing import Callable
 
 import torch
+from ffavatar_kernels.profiling import nvtx_range
 
 __all__ = ["Backend", "select_backend"]
 
@@ -25,6 +26,24 @@ class Backend:
     rasterize: Callable
     description: str
     tiled_reference: bool = False
+
+    def render_scenes(self, means, quats, scales, opacities, colors, viewmats, Ks, width: int, height: int,
+                      backgrounds) -> torch.Tensor:
+        """B scenes, one camera each, through ``rasterize`` (either kind) -> [B,H,W,3] in [0,1].
+
+        Args:
+            means [B,N,3], quats [B,N,4], scales [B,N,3], opacities [B,N], colors [B,N,3]: activated
+            Gaussians; viewmats [B,4,4]; Ks [B,3,3]; backgrounds [B,1,3].
+        """
+        vm, K = viewmats[:, None].contiguous(), Ks[:, None].contiguous()           # one camera per scene
+        with nvtx_range("ffavatar.render.rasterize"):
+            if self.tiled_reference:
+                img, _ = self.rasterize(means, quats, scales, opacities, colors.contiguous(), vm, K, width, height,
+                                        backgrounds)
+            else:
+                img, _, _ = self.rasterize(means, quats, scales, opacities, colors.contiguous(), vm, K, width,
+                                           height, backgrounds=backgrounds)
+        return img[:, 0].clamp(0.0, 1.0)
 
 
 def select_backend(device: "torch.device | str" = "cpu", prefer: str = "auto") -> Backend:

@@ -72,11 +72,4 @@ def render_frames(model: FlameModel, gaussians: CanonicalGaussians, betas: torch
     scales = g.scales.expand(B, N, 3).contiguous()
     opac = g.opacities.expand(B, N).contiguous()
     bg = torch.tensor(background, dtype=dt, device=dev).expand(B, 1, 3).contiguous()
-    vm, K = viewmats[:, None].contiguous(), Ks[:, None].contiguous()
-    with nvtx_range("ffavatar.render.rasterize"):
-        if backend.tiled_reference:
-            img, _ = backend.rasterize(means, quats, scales, opac, colors.contiguous(), vm, K, width, height, bg)
-        else:
-            img, _, _ = backend.rasterize(means, quats, scales, opac, colors.contiguous(), vm, K, width, height,
-                                          backgrounds=bg)
-    return img[:, 0].clamp(0.0, 1.0)
+    return backend.render_scenes(means, quats, scales, opac, colors, viewmats, Ks, width, height, bg)
