@@ -6,9 +6,7 @@ outputs that are not written atomically by the library go through :func:`atomic_
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 
 __all__ = ["CliError", "check_output_path", "check_input_file", "check_device", "check_positive", "atomic_output"]
 
@@ -98,22 +96,8 @@ def check_positive(command: str, option: str, value, *, minimum=1, maximum=None)
         raise CliError(command, f"{option} must be {bound}, got {value}")
 
 
-@contextlib.contextmanager
 def atomic_output(path: str):
-    """Write an output file through a temporary file beside it: yields the temporary path (same
-    folder, same extension, so writers that pick the format by extension work); on success it is
-    renamed over ``path`` (``os.replace``), on any failure (also Ctrl-C) removed, so a failed
-    command never leaves a partial or truncated output file."""
-    full = os.path.abspath(path)
-    folder, name = os.path.split(full)
-    stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.{secrets.token_hex(6)}.partial{ext}")
-    try:
-        yield tmp
-        os.replace(tmp, full)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write an output file through a temporary file beside it (:func:`ffavatar.flame.atomic.atomic_path`):
+    a failed command never leaves a partial or truncated output file."""
+    from ..flame.atomic import atomic_path
+    return atomic_path(path)

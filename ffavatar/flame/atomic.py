@@ -7,10 +7,11 @@ previous file, if any, intact; on an exception the temporary file is removed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_path"]
 
 _CHUNK = 4 << 20
 
@@ -20,6 +21,27 @@ def _write_all(f, data) -> None:
     mv = memoryview(data)
     for s in range(0, len(mv), _CHUNK):
         f.write(mv[s:s + _CHUNK])
+
+
+@contextlib.contextmanager
+def atomic_path(path: "str | os.PathLike"):
+    """Write ``path`` through a temporary file beside it: yields the temporary path (same folder and
+    extension, so writers that pick the format by extension work); on success it is renamed over
+    ``path`` and the folder fsync'ed, on any failure (Ctrl-C included) removed."""
+    full = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(full)
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(folder, f".{stem}.{secrets.token_hex(6)}.partial{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, full)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_folder(folder)
 
 
 def atomic_write(path: "str | os.PathLike", data: bytes, *, error: type = ValueError) -> None:
@@ -35,21 +57,12 @@ def atomic_write(path: "str | os.PathLike", data: bytes, *, error: type = ValueE
         raise error(f"{path}: cannot write, the folder {folder!r} does not exist")
     if os.path.isdir(path):
         raise error(f"{path}: cannot write, it is a folder")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as f:
             _write_all(f, data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_folder(folder)
 
 
 def _fsync_folder(folder: str) -> None:
