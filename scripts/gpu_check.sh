@@ -73,7 +73,7 @@ if [[ $STAGES == *ncu* ]]; then
 fi
 
 if [[ $STAGES == *sanitize* ]]; then
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
     stamp "compute-sanitizer $tool"
     what=${SANITIZE_WHAT:-cuda-only}  # "attention" adds the Triton kernels (slow under the sanitizer)
     timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 "$PY" scripts/sanitize_smoke.py $what \

@@ -368,3 +368,24 @@ def test_process_export_success(work, tmp_path):
     r = _run("export", str(work["rec"]), "--ply", str(tmp_path / "r.ply"))
     assert r.returncode == 0, r.stderr
     assert load_ply(tmp_path / "r.ply").num_gaussians == 512
+
+
+def test_reconstruct_uses_the_shipped_model(work, capsys, tmp_path, monkeypatch):
+    import ffavatar.nn.pretrained as pretrained
+    from ffavatar import Avatar, FFAvatarModel
+    w = tmp_path / "shipped.safetensors"
+    FFAvatarModel.from_preset("tiny").save_pretrained(w, dtype=torch.float16, metadata={"trained_on": "test"})
+    monkeypatch.setattr(pretrained, "default_weights_path", lambda: str(w))
+    net = FFAvatarModel.from_pretrained()                     # no path: the shipped weights
+    assert net.pretrained and net.metadata["trained_on"] == "test" and net.preset.name == "tiny"
+    assert next(net.parameters()).dtype == torch.float32      # fp16 file, float32 model
+    out = tmp_path / "c.ffavatar"
+    rc, stdout, err = _main(capsys, "reconstruct", work["images"][0], "--out", out, "--device", "cpu")
+    assert rc == 0, err
+    assert "randomly initialised" not in err and "shipped default model" in stdout
+    assert Avatar.load(out).num_gaussians == net.num_gaussians
+    monkeypatch.setattr(pretrained, "default_weights_path", lambda: str(tmp_path / "gone.safetensors"))
+    with pytest.raises(FileNotFoundError, match="shipped default weights.*gone.safetensors"):
+        FFAvatarModel.from_pretrained()
+    rc, _, err = _main(capsys, "reconstruct", work["images"][0], "--out", tmp_path / "d.ffavatar", "--device", "cpu")
+    assert rc == 0 and "lacks the shipped weights" in err

@@ -220,3 +220,16 @@ def test_cli_train_rejects_bad_config(tmp_path, capsys):
     bad.write_text('{"no_such_key": 1}')
     with pytest.raises(SystemExit, match="no_such_key"):
         main(["train", str(bad)])
+
+
+def test_time_limit_checkpoints_and_resumes(tmp_path):
+    # a run lent a fixed time: past time_limit it finishes the step, checkpoints, logs and returns;
+    # the next run resumes where it stopped
+    first = train(_cfg(tmp_path / "run", steps=6, log_every=5, time_limit=1e-9))
+    assert first["step"] == 1 and _state(tmp_path / "run").step == 1
+    lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in lines] == [1]
+    second = train(_cfg(tmp_path / "run", steps=6))
+    assert second["step"] == 6 and len(second["losses"]) == 5
+    with pytest.raises(ConfigError, match="time_limit"):
+        _cfg(tmp_path, time_limit=-1)

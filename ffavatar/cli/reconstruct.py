@@ -20,16 +20,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Reconstruct an animatable 3D Gaussian head avatar from one or more photos of a head "
                     "(png / jpg, any size; alpha is dropped, grayscale becomes RGB; views of different sizes "
                     "are centre-cropped to a common square) in one pass of the FFAvatar network, and save it "
-                    "as a .ffavatar file. Without --weights the network is randomly initialised: no trained "
-                    "weights exist yet, so the avatar is meaningless (the command then only exercises the "
-                    "pipeline).")
+                    "as a .ffavatar file. Without --weights it uses the default model shipped with the package "
+                    "(the small preset trained on synthetic heads: it has never seen a real face, so photos of "
+                    "real people give an avatar of the synthetic head's kind). --preset without --weights "
+                    "builds a randomly initialised network of that size (timing only: the avatar is "
+                    "meaningless).")
     p.add_argument("images", nargs="+", metavar="IMAGES", help="photos of the head (png / jpg), one per view")
     p.add_argument("--out", required=True, help="output avatar file, .ffavatar")
     p.add_argument("--weights", default=None, help="network checkpoint (.safetensors, FFAvatarModel.save_pretrained); "
-                                                   "its preset comes with it")
+                                                   "its preset comes with it (default: the shipped model)")
     p.add_argument("--preset", choices=PRESETS, default=None,
-                   help="network size without --weights: small (default; CPU-friendly), paper (the paper's "
-                        "868M parameters, for a GPU) or tiny (tests)")
+                   help="a randomly initialised network of this size instead of the shipped model (timing "
+                        "only): small, paper (the paper's 868M parameters, for a GPU) or tiny (tests)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="device of the network (default: cuda when available, else cpu)")
     p.set_defaults(run=run)
@@ -118,16 +120,22 @@ def run(args) -> int:
 
     import torch
     from ..nn import FFAvatarModel
+    from ..nn.pretrained import has_default_weights
     if args.weights is not None:
         try:
             net = FFAvatarModel.from_pretrained(args.weights, device=device)
         except (ValueError, OSError) as exc:
             raise CliError("reconstruct", f"--weights: {str(exc).splitlines()[0]}") from None
         what = f"weights {args.weights}"
+    elif args.preset is None and has_default_weights():
+        net = FFAvatarModel.from_pretrained(device=device)
+        what = "the shipped default model"
     else:
         preset = args.preset or "small"
-        print(f"ffavatar reconstruct: warning: no --weights given, so the network is randomly initialised "
-              f"(no trained weights exist yet): the avatar is meaningless", file=sys.stderr, flush=True)
+        why = ("--preset asks for" if args.preset else
+               "this installation lacks the shipped weights, so it uses")
+        print(f"ffavatar reconstruct: warning: {why} a randomly initialised network: the avatar is "
+              f"meaningless", file=sys.stderr, flush=True)
         net = FFAvatarModel.from_preset(preset).to(device).eval()
         what = f"preset {preset}, random weights"
     t1 = time.perf_counter()

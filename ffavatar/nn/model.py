@@ -107,6 +107,7 @@ class FFAvatarModel(nn.Module):
         if preset.freeze_encoder:
             self.encoder.requires_grad_(False)
         self.pretrained = False   # set by from_pretrained
+        self.metadata: dict = {}  # the checkpoint's metadata (from_pretrained)
         self.autocast = True      # bf16 autocast on CUDA
 
     # -------------------------------------------------------------------------------- building
@@ -115,21 +116,36 @@ class FFAvatarModel(nn.Module):
         """A randomly initialised model of preset ``name`` (``paper``, ``small``, ``tiny``)."""
         return cls(name if isinstance(name, Preset) else get_preset(name))
 
-    def save_pretrained(self, path: "str | os.PathLike") -> None:
-        """Write every parameter to a safetensors file, the preset in its metadata."""
-        from safetensors.torch import save_file
+    def save_pretrained(self, path: "str | os.PathLike", *, dtype: Optional[torch.dtype] = None,
+                        metadata: Optional[dict] = None) -> None:
+        """Write every parameter to a safetensors file (atomically), the preset in its metadata.
+
+        dtype: store floating-point tensors in this dtype (e.g. ``torch.float16`` halves the file;
+        :meth:`from_pretrained` loads them back into the model's float32 parameters);
+        metadata: extra ``str -> str`` entries (what it was trained on, evaluation figures)."""
+        from safetensors.torch import save
+        from ffavatar.flame.atomic import atomic_write
         path = os.fspath(path)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
-                "preset": self.preset.to_json()}
-        tmp = path + ".tmp"
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
+        tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+                   for k, v in self.state_dict().items()}
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        meta.update({"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
+                     "preset": self.preset.to_json()})
+        atomic_write(path, save(tensors, metadata=meta))
 
     @classmethod
-    def from_pretrained(cls, path: "str | os.PathLike", device: "str | torch.device" = "cpu") -> "FFAvatarModel":
-        """Load a checkpoint written by :meth:`save_pretrained`."""
+    def from_pretrained(cls, path: "Optional[str | os.PathLike]" = None,
+                        device: "str | torch.device" = "cpu") -> "FFAvatarModel":
+        """Load a checkpoint written by :meth:`save_pretrained`; without ``path``, the trained
+        default shipped in the package (:mod:`ffavatar.nn.pretrained`). The file's metadata is
+        kept in ``model.metadata``."""
         from safetensors import safe_open
+        from .pretrained import default_weights_path
+        if path is None:
+            path = default_weights_path()
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"path: the shipped default weights {path!r} are missing from this "
+                                        f"installation; reinstall ffavatar or pass a checkpoint path")
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"path: no such file {path!r}")
@@ -154,6 +170,7 @@ class FFAvatarModel(nn.Module):
             raise ValueError(f"{path}: checkpoint does not fit preset {preset.name!r}: missing keys "
                              f"{missing}, unexpected keys {unexpected}")
         model.pretrained = True
+        model.metadata = dict(meta)
         return model.to(device).eval()
 
     def load_encoder_weights(self, path: "str | os.PathLike | dict", *, naming: Optional[str] = None) -> str:

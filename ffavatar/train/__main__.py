@@ -15,10 +15,13 @@ def main(argv=None) -> int:
     p.add_argument("config", help="a .json or .toml training configuration (ffavatar.train.TrainConfig)")
     p.add_argument("--out", help="run folder (overrides the config's 'out')")
     p.add_argument("--steps", type=int, help="total steps (overrides the config's 'steps')")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop after this many seconds of training, checkpoint, and exit (resume later)")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config, out=args.out, steps=args.steps, resume=False if args.no_resume else None)
+        cfg = load_config(args.config, out=args.out, steps=args.steps, time_limit=args.time_limit,
+                          resume=False if args.no_resume else None)
     except ConfigError as exc:
         print(f"ffavatar.train: {exc}", file=sys.stderr)
         return 2

@@ -50,6 +50,8 @@ class TrainConfig:
     checkpointing: activation checkpointing of the Query-Former blocks; threads: CPU threads per
     process (0: the cores divided by the local processes); progress: a tqdm bar on rank 0;
     log_weight_digest: log every rank's weight digest after each step (tests: ranks in sync);
+    time_limit: seconds of training in this process (0: none); once a step ends past it, the run
+    writes its checkpoint and returns, to be resumed later (machines lent for a fixed time);
     data / loss: :class:`SyntheticConfig` / :class:`LossWeights`.
     """
     preset: str = "small"
@@ -76,6 +78,7 @@ class TrainConfig:
     threads: int = 0
     progress: bool = True
     log_weight_digest: bool = False
+    time_limit: float = 0.0
     data: SyntheticConfig = field(default_factory=SyntheticConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -91,6 +94,8 @@ class TrainConfig:
         for name in ("warmup", "ckpt_every", "eval_every", "log_every", "threads"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"config: {name} must be >= 0, got {getattr(self, name)}")
+        if self.time_limit < 0:
+            raise ConfigError(f"config: time_limit must be >= 0 seconds, got {self.time_limit}")
         if self.lr <= 0:
             raise ConfigError(f"config: lr must be > 0, got {self.lr}")
 

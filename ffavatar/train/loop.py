@@ -191,6 +191,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop_a
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True)
     losses, step, loss_v = [], start, float("nan")
+    began = time.perf_counter()
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
@@ -206,8 +207,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop_a
             loss_v = float(out.loss.detach())
             losses.append(loss_v)
             done = step + 1
+            out_of_time = _out_of_time(cfg, began, world)
+            last = done == end or out_of_time
             rec = None
-            if cfg.log_every and (done % cfg.log_every == 0 or done == end):
+            if cfg.log_every and (done % cfg.log_every == 0 or last):
                 rec = {"step": done, "loss": loss_v, **{f"loss/{k}": float(v) for k, v in out.terms.items()},
                        "grad_norm": float(gnorm), "lr": sched.get_last_lr()[0],
                        "step_s": time.perf_counter() - t0}
@@ -224,14 +227,25 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop_a
                 ev = evaluate(model, held_out, objective, samples=cfg.eval_samples, views=cfg.eval_views,
                               step=done, out_dir=cfg.out)
                 metrics.log({"step": done, **ev})
-            if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == end:
+            if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or last:
                 _save(cfg, model, opt, sched, done, world, rank)
+            if out_of_time:
+                end = done
+                break
         step = end
     finally:
         if bar is not None:
             bar.close()
         metrics.close()
     return {"step": step, "loss": loss_v, "losses": losses, "out": cfg.out}
+
+
+def _out_of_time(cfg: TrainConfig, began: float, world: int) -> bool:
+    """Past ``cfg.time_limit`` (rank 0's clock decides, so every rank stops at the same step)."""
+    if not cfg.time_limit:
+        return False
+    over = time.perf_counter() - began > cfg.time_limit
+    return bool(_gather(over, world)[0])
 
 
 def _save(cfg, model, opt, sched, done: int, world: int, rank: int) -> None:

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Train the shipped default model in slices of one device call, resuming from the run folder.
+#
+#   RUN=.runs/default_small TRAIN_S=420 bash scripts/gpu_train.sh     # on the device, repo root
+#
+# Installs the wheels carried in .whl/ (a prebuilt ffavatar wheel among them, else it builds one and
+# returns it under $OUT/wheel so the next call skips the build), reassembles a checkpoint carried in
+# parts (device calls return files up to 16 MiB), trains CONFIG for TRAIN_S seconds (the loop then
+# checkpoints and exits) while EXTRA (a command, e.g. the cuda tests) runs beside it, and returns
+# the checkpoint split into 15 MiB parts plus the run's metrics and evaluation grids (train.tgz).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+RUN=${RUN:-.runs/default_small}
+CONFIG=${CONFIG:-configs/default_small.toml}
+TRAIN_S=${TRAIN_S:-420}
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} CMAKE_CUDA_ARCHITECTURES=90
+stamp() { echo "== $(date +%T) $*"; }
+
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+deps=$(ls .whl/*.whl 2>/dev/null | grep -v -e '/ffavatar-' -e '/gsplat-' || true)
+[ -n "$deps" ] && "$PY" -m pip install -q --no-index --no-deps --no-compile $deps
+if ls .whl/ffavatar-*.whl >/dev/null 2>&1; then
+  stamp "install the carried ffavatar wheel"; "$PY" -m pip install -q --no-index --no-deps .whl/ffavatar-*.whl
+else
+  stamp "build a wheel"; t0=$(date +%s)
+  "$PY" -m pip wheel --no-build-isolation --no-deps -w "$OUT/wheel" . > "$OUT/build.log" 2>&1 \
+    || { tail -40 "$OUT/build.log"; exit 1; }
+  "$PY" -m pip install -q --no-index --no-deps "$OUT"/wheel/ffavatar-*.whl; echo "build took $(( $(date +%s) - t0 )) s"
+fi
+cd /tmp && "$PY" -c "import ffavatar_kernels as fk; print('cuda kernels:', fk.has_cuda_kernels())"; cd - >/dev/null
+
+if ls "$RUN"/checkpoint.part* >/dev/null 2>&1; then
+  cat "$RUN"/checkpoint.part* > "$RUN/checkpoint.safetensors" && rm -f "$RUN"/checkpoint.part*
+fi
+mkdir -p "$RUN"; RUN=$(cd "$RUN" && pwd)
+stamp "train $CONFIG for ${TRAIN_S}s into $RUN"
+( cd /tmp && "$PY" -m ffavatar.train "$OLDPWD/$CONFIG" --out "$RUN" --time-limit "$TRAIN_S" ${STEPS:+--steps $STEPS} ) \
+  > "$OUT/train.log" 2>&1 &
+train_pid=$!
+if [ -n "${EXTRA:-}" ]; then stamp "extra: $EXTRA"; bash -c "$EXTRA" > "$OUT/extra.log" 2>&1; echo "extra rc=$?"; tail -5 "$OUT/extra.log"; fi
+wait $train_pid; echo "train rc=$?"; tail -3 "$OUT/train.log"; tail -2 "$RUN/metrics.jsonl"
+grep '"eval/' "$RUN/metrics.jsonl" | tail -3
+split -b 15M -d "$RUN/checkpoint.safetensors" "$OUT/checkpoint.part"
+cp "$RUN/metrics.jsonl" "$OUT/"; cp $(ls "$RUN"/eval_*.png 2>/dev/null | tail -2) "$OUT/" 2>/dev/null
+# at most 8 files come back: the wheel and the checkpoint parts stand alone, the rest in one archive
+( cd "$OUT" && rest=$(ls | grep -v -e '^wheel$' -e '^checkpoint.part' -e '^all.tgz$') && tar czf all.tgz $rest && rm -rf $rest )
+stamp "done: $(ls "$OUT" | tr '\n' ' ')"
