@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ffavatar import canonical_gaussians, intrinsics, motion_script, orbit, synthetic_head
-from ffavatar.render import Backend, render_frames, select_backend
+from ffavatar.render import render_frames, select_backend
 
 SIZE = 512
 
@@ -50,16 +50,6 @@ def test_animate_ours(benchmark, scene, B):
 @pytest.mark.cuda
 @pytest.mark.parametrize("B", [1, 16])
 def test_animate_torch_lbs_gsplat(benchmark, scene, B):
-    gsplat = pytest.importorskip("gsplat")
-    from ffavatar_kernels.reference import flame_lbs as ref_lbs
-
-    def rast(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds=None):
-        # Background composited here: gsplat 1.5.3 rejects [B,C,D] backgrounds with batched scenes.
-        img, alpha, meta = gsplat.rasterization(means, quats, scales, opacities, colors, viewmats, Ks,
-                                                width, height)
-        if backgrounds is not None:
-            img = img + (1 - alpha) * backgrounds[..., None, None, :]
-        return img, alpha, meta
-    backend = Backend(skin_gaussians=ref_lbs.skin_gaussians, rasterize=rast,
-                      description="skin_gaussians: PyTorch reference, rasterize: gsplat")
+    from benchmarks.comparators import gsplat_backend
+    backend = gsplat_backend(torch_lbs=True)
     _bench(benchmark, scene, backend, B)

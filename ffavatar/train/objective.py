@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ffavatar.avatar.ssim import l1_ssim_loss
 from ffavatar.flame import FlameModel, synthetic_head
+from ffavatar.render import Backend
 
 from .data_synthetic import SyntheticSample, flame_pose
 
@@ -75,10 +76,14 @@ class FewToManyObjective:
             with the user's weights); ignored unless ``weights.perceptual > 0``.
         flame: the FLAME model the avatars are bound to (default: the synthetic head).
         background: RGB of the renders (the data's background).
+        backend: the skinning / rasterization :class:`~ffavatar.render.Backend` of the renders
+            (default: chosen for the device; benchmarks pass a comparator's).
     """
 
     def __init__(self, weights: Optional[LossWeights] = None, perceptual: Optional[Callable] = None,
-                 flame: Optional[FlameModel] = None, background: Sequence[float] = (0.0, 0.0, 0.0)):
+                 flame: Optional[FlameModel] = None, background: Sequence[float] = (0.0, 0.0, 0.0),
+                 backend: Optional[Backend] = None):
+        self.backend = backend
         self.weights = weights or LossWeights()
         self.perceptual = perceptual
         self._flame = flame
@@ -112,7 +117,7 @@ class FewToManyObjective:
             H, W = s.target_images.shape[-2:]
             tgt = {k: v.to(dev) for k, v in s.target.items()}
             pred = avatar.render(flame, tgt["viewmats"], tgt["Ks"], W, H, expression=tgt["expr"],
-                                 pose=flame_pose(tgt), background=self.background)
+                                 pose=flame_pose(tgt), background=self.background, backend=self.backend)
             truth = s.target_images.to(dev).permute(0, 2, 3, 1)
             terms["target"] = terms["target"] + self.photometric(pred, truth)
             preds.append(pred.detach())
@@ -134,7 +139,7 @@ class FewToManyObjective:
         K = views["Ks"].clone()
         K[:, :2] = K[:, :2] * (W / net_size)          # square inputs: preprocess only rescales
         pred = avatar.render(flame, views["viewmats"], K, W, H, expression=views["expr"],
-                             pose=flame_pose(views), background=self.background)
+                             pose=flame_pose(views), background=self.background, backend=self.backend)
         return self.photometric(pred, s.images.to(pred.device).permute(0, 2, 3, 1))
 
     def _params(self, views: dict, s, net_size: int) -> torch.Tensor:
