@@ -389,3 +389,23 @@ def test_reconstruct_uses_the_shipped_model(work, capsys, tmp_path, monkeypatch)
         FFAvatarModel.from_pretrained()
     rc, _, err = _main(capsys, "reconstruct", work["images"][0], "--out", tmp_path / "d.ffavatar", "--device", "cpu")
     assert rc == 0 and "lacks the shipped weights" in err
+
+
+def test_demo_avatar_mode_shows_inputs_beside_the_animation(capsys, tmp_path, monkeypatch):
+    import imageio.v3 as iio
+    import ffavatar.nn.pretrained as pretrained
+    from ffavatar import FFAvatarModel
+    w = tmp_path / "shipped.safetensors"
+    FFAvatarModel.from_preset("tiny").save_pretrained(w, metadata={"train_config": '{"data": {"image_size": 32}}'})
+    monkeypatch.setattr(pretrained, "default_weights_path", lambda: str(w))
+    out = tmp_path / "demo.mp4"
+    rc, stdout, err = _main(capsys, "demo", "--frames", "3", "--size", "64", "--device", "cpu", "--out", out,
+                            "--no-progress")
+    assert rc == 0, err
+    assert "unseen synthetic identity, 4 views of 32 px -> the shipped network" in stdout
+    video = iio.imread(out)
+    assert video.shape == (3, 64, 128, 3)                    # input views | animated avatar
+    assert video[:, :, :64].std() > 5 and video[:, :, 64:].std() > 5
+    monkeypatch.setattr(pretrained, "default_weights_path", lambda: str(tmp_path / "none"))
+    rc, _, err = _main(capsys, "demo", "--mode", "avatar", "--out", tmp_path / "x.mp4")
+    assert rc != 0 and "lacks" in err and len(err.strip().splitlines()) == 1
