@@ -17,6 +17,7 @@ CONFIG=${CONFIG:-configs/default_small.toml}
 TRAIN_S=${TRAIN_S:-420}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} CMAKE_CUDA_ARCHITECTURES=90
 stamp() { echo "== $(date +%T) $*"; }
+T0=$(date +%s)   # DEADLINE: seconds after this by which the call must be done (the training shrinks to fit)
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 deps=$(ls .whl/*.whl 2>/dev/null | grep -v -e '/ffavatar-' -e '/gsplat-' || true)
@@ -35,11 +36,18 @@ if ls "$RUN"/checkpoint.part* >/dev/null 2>&1; then
   cat "$RUN"/checkpoint.part* > "$RUN/checkpoint.safetensors" && rm -f "$RUN"/checkpoint.part*
 fi
 mkdir -p "$RUN"; RUN=$(cd "$RUN" && pwd)
+left=$(( ${DEADLINE:-560} - ($(date +%s) - T0) - 45 ))
+[ "$left" -lt "$TRAIN_S" ] && TRAIN_S=$left
+[ "$TRAIN_S" -lt 30 ] && { echo "no time left to train"; TRAIN_S=30; }
 stamp "train $CONFIG for ${TRAIN_S}s into $RUN"
 ( cd /tmp && "$PY" -m ffavatar.train "$OLDPWD/$CONFIG" --out "$RUN" --time-limit "$TRAIN_S" ${STEPS:+--steps $STEPS} ) \
   > "$OUT/train.log" 2>&1 &
 train_pid=$!
-if [ -n "${EXTRA:-}" ]; then stamp "extra: $EXTRA"; bash -c "$EXTRA" > "$OUT/extra.log" 2>&1; echo "extra rc=$?"; tail -5 "$OUT/extra.log"; fi
+if [ -n "${EXTRA:-}" ]; then
+  stamp "extra: $EXTRA"
+  timeout $(( ${DEADLINE:-560} - ($(date +%s) - T0) - 25 )) bash -c "$EXTRA" > "$OUT/extra.log" 2>&1
+  echo "extra rc=$?"; grep -E "passed|failed|error|ERROR SUMMARY|SANITIZER" "$OUT/extra.log" | tail -12
+fi
 wait $train_pid; echo "train rc=$?"; tail -3 "$OUT/train.log"; tail -2 "$RUN/metrics.jsonl"
 grep '"eval/' "$RUN/metrics.jsonl" | tail -3
 split -b 15M -d "$RUN/checkpoint.safetensors" "$OUT/checkpoint.part"
