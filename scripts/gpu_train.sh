@@ -36,7 +36,8 @@ if ls "$RUN"/checkpoint.part* >/dev/null 2>&1; then
   cat "$RUN"/checkpoint.part* > "$RUN/checkpoint.safetensors" && rm -f "$RUN"/checkpoint.part*
 fi
 mkdir -p "$RUN"; RUN=$(cd "$RUN" && pwd)
-left=$(( ${DEADLINE:-560} - ($(date +%s) - T0) - 45 ))
+RESERVE=$(( ${EVAL:-0} == 1 ? 110 : 0 ))   # EVAL=1: export + evaluate after training
+left=$(( ${DEADLINE:-560} - ($(date +%s) - T0) - 45 - RESERVE ))
 [ "$left" -lt "$TRAIN_S" ] && TRAIN_S=$left
 [ "$TRAIN_S" -lt 30 ] && { echo "no time left to train"; TRAIN_S=30; }
 stamp "train $CONFIG for ${TRAIN_S}s into $RUN"
@@ -50,8 +51,16 @@ if [ -n "${EXTRA:-}" ]; then
 fi
 wait $train_pid; echo "train rc=$?"; tail -3 "$OUT/train.log"; tail -2 "$RUN/metrics.jsonl"
 grep '"eval/' "$RUN/metrics.jsonl" | tail -3
+if [ "${EVAL:-0}" = 1 ]; then
+  stamp "export + evaluate"
+  R=/tmp/ffa_eval; rm -rf $R; mkdir -p $R; cp -r scripts $R/
+  ( cd $R && "$PY" scripts/export_default_weights.py "$RUN/checkpoint.safetensors" --out "$OUT/default_small.safetensors" \
+    && timeout $(( ${DEADLINE:-560} - ($(date +%s) - T0) - 15 )) "$PY" scripts/eval_default.py --weights "$OUT/default_small.safetensors" \
+       --identities ${IDS:-16} --personalize ${PERS:-2} --json "$OUT/eval.json" ) > "$OUT/eval.log" 2>&1
+  tail -8 "$OUT/eval.log"
+fi
 split -b 15M -d "$RUN/checkpoint.safetensors" "$OUT/checkpoint.part"
 cp "$RUN/metrics.jsonl" "$OUT/"; cp $(ls "$RUN"/eval_*.png 2>/dev/null | tail -2) "$OUT/" 2>/dev/null
 # at most 8 files come back: the wheel and the checkpoint parts stand alone, the rest in one archive
-( cd "$OUT" && rest=$(ls | grep -v -e '^wheel$' -e '^checkpoint.part' -e '^all.tgz$') && tar czf all.tgz $rest && rm -rf $rest )
+( cd "$OUT" && rest=$(ls | grep -v -e '^wheel$' -e '^checkpoint.part' -e '^all.tgz$' -e '^default_small.safetensors$') && tar czf all.tgz $rest && rm -rf $rest )
 stamp "done: $(ls "$OUT" | tr '\n' ' ')"
