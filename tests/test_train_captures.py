@@ -139,3 +139,46 @@ def test_loader_errors_name_the_file_and_key(capture, tmp_path):
     np.savez(sub / "flame_param" / "00000.npz", expr=np.full((1, 10), np.nan))
     with pytest.raises(CaptureError, match="'expr' holds NaN"):
         [ds.sample(i) for i in range(6)]
+
+
+def test_training_on_captures_with_a_flame_file(capture, tmp_path):
+    """The loop trains on capture folders with the FLAME model of a file; the network, the data and
+    the checkpoint are bound to it (a checkpoint of another FLAME needs that FLAME to load)."""
+    from ffavatar.flame import flame_fingerprint, save_flame_npz, synthetic_fingerprint
+    from ffavatar.nn import FFAvatarModel
+    from ffavatar.train import TrainConfig, load_checkpoint, train
+    m = capture["model"]
+    flame_path = tmp_path / "flame.npz"
+    save_flame_npz(m, flame_path)            # the capture was tracked with this model
+    cfg = TrainConfig.from_dict({
+        "preset": "tiny", "preset_overrides": {"max_queries": 128}, "steps": 2, "batch": 1, "warmup": 1,
+        "eval_every": 2, "eval_samples": 1, "eval_views": 2, "ckpt_every": 0, "out": str(tmp_path / "run"),
+        "progress": False, "threads": 1, "flame": str(flame_path), "captures": [str(capture["root"])],
+        "data": {"image_size": 24, "num_targets": 2}})
+    res = train(cfg)
+    assert res["step"] == 2 and all(math.isfinite(x) for x in res["losses"])
+    lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    ev = [r for r in lines if "eval/psnr" in r]
+    assert ev and "eval/psnr_mean_head" not in ev[0]          # no mean-head baseline for captures
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors").step == 2
+    # binding: a model of another FLAME records its fingerprint and needs that FLAME back
+    other = synthetic_head()
+    other.v_template = other.v_template * 1.01
+    net = FFAvatarModel.from_preset("tiny", flame=other)
+    assert net.flame_fingerprint == flame_fingerprint(other) != synthetic_fingerprint()
+    w = tmp_path / "w.safetensors"
+    net.save_pretrained(w)
+    with pytest.raises(ValueError, match="bound to a FLAME model with fingerprint"):
+        FFAvatarModel.from_pretrained(w)
+    back = FFAvatarModel.from_pretrained(w, flame=other)
+    avatar = back.reconstruct(torch.rand(1, 3, 56, 56))
+    assert avatar.flame_fingerprint == flame_fingerprint(other)
+    with pytest.raises(ValueError, match="bound to the built-in synthetic head"):
+        FFAvatarModel.from_pretrained(_save_plain(tmp_path), flame=other)
+
+
+def _save_plain(tmp_path):
+    from ffavatar.nn import FFAvatarModel
+    p = tmp_path / "plain.safetensors"
+    FFAvatarModel.from_preset("tiny").save_pretrained(p)
+    return p

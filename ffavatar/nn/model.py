@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from ffavatar_kernels.profiling import nvtx_range
 from ffavatar.avatar import Avatar
-from ffavatar.flame import canonical_gaussians, synthetic_fingerprint, synthetic_head
+from ffavatar.flame import (FlameModel, canonical_gaussians, flame_fingerprint, synthetic_fingerprint,
+                            synthetic_head)
 
 from .encoder import ViTEncoder
 from .flame_estimator import FlameEstimate, FlameEstimator
@@ -86,10 +87,14 @@ class FFAvatarModel(nn.Module):
     Build with :meth:`from_preset` (random weights) or :meth:`from_pretrained` (our safetensors
     checkpoint); add DINOv2 encoder weights with :meth:`load_encoder_weights`."""
 
-    def __init__(self, preset: Preset):
+    def __init__(self, preset: Preset, flame: Optional[FlameModel] = None):
+        """``flame``: the FLAME model the avatars are bound to (its template gives the canonical
+        Gaussians the queries stand for; default: the built-in synthetic head). A model trained on
+        captures tracked with a real FLAME needs that FLAME."""
         super().__init__()
         self.preset = preset
-        head = synthetic_head()
+        head = synthetic_head() if flame is None else flame.to("cpu", torch.float32)
+        self.flame_fingerprint = synthetic_fingerprint() if flame is None else flame_fingerprint(head)
         g = canonical_gaussians(head, preset.subdiv_levels)
         keep = torch.arange(g.means.shape[0])
         if preset.max_queries and preset.max_queries < len(keep):
@@ -112,9 +117,10 @@ class FFAvatarModel(nn.Module):
 
     # -------------------------------------------------------------------------------- building
     @classmethod
-    def from_preset(cls, name: "str | Preset") -> "FFAvatarModel":
-        """A randomly initialised model of preset ``name`` (``paper``, ``small``, ``tiny``)."""
-        return cls(name if isinstance(name, Preset) else get_preset(name))
+    def from_preset(cls, name: "str | Preset", flame: Optional[FlameModel] = None) -> "FFAvatarModel":
+        """A randomly initialised model of preset ``name`` (``paper``, ``small``, ``tiny``), bound
+        to ``flame`` (default: the built-in synthetic head)."""
+        return cls(name if isinstance(name, Preset) else get_preset(name), flame)
 
     def save_pretrained(self, path: "str | os.PathLike", *, dtype: Optional[torch.dtype] = None,
                         metadata: Optional[dict] = None) -> None:
@@ -130,15 +136,17 @@ class FFAvatarModel(nn.Module):
                    for k, v in self.state_dict().items()}
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         meta.update({"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
-                     "preset": self.preset.to_json()})
+                     "preset": self.preset.to_json(), "flame_fingerprint": self.flame_fingerprint})
         atomic_write(path, save(tensors, metadata=meta))
 
     @classmethod
     def from_pretrained(cls, path: "Optional[str | os.PathLike]" = None,
-                        device: "str | torch.device" = "cpu") -> "FFAvatarModel":
+                        device: "str | torch.device" = "cpu", flame: Optional[FlameModel] = None) -> "FFAvatarModel":
         """Load a checkpoint written by :meth:`save_pretrained`; without ``path``, the trained
         default shipped in the package (:mod:`ffavatar.nn.pretrained`). The file's metadata is
-        kept in ``model.metadata``."""
+        kept in ``model.metadata``. ``flame``: the FLAME model a checkpoint trained on real
+        captures was bound to (checked against the fingerprint it records; default: the built-in
+        synthetic head)."""
         from safetensors import safe_open
         from .pretrained import default_weights_path
         if path is None:
@@ -164,7 +172,15 @@ class FFAvatarModel(nn.Module):
             preset = Preset.from_json(meta["preset"])
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: bad preset metadata ({exc})") from exc
-        model = cls(preset)
+        want = meta.get("flame_fingerprint", synthetic_fingerprint())
+        have = synthetic_fingerprint() if flame is None else flame_fingerprint(flame)
+        if want != have:
+            what = ("the built-in synthetic head" if want == synthetic_fingerprint() else f"a FLAME model with "
+                    f"fingerprint {want[:19]}...")
+            raise ValueError(f"{path}: this checkpoint is bound to {what}, not to the "
+                             f"{'synthetic head' if flame is None else 'flame'} given; pass flame=<that model> "
+                             f"(ffavatar.flame.load_flame)")
+        model = cls(preset, flame)
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path}: checkpoint does not fit preset {preset.name!r}: missing keys "
@@ -256,7 +272,7 @@ class FFAvatarModel(nn.Module):
         return Avatar(anchor_idx=self.canon_anchor_idx, anchor_weights=self.canon_anchor_weights,
                       means=anchors + attrs.offsets[b], offsets=attrs.offsets[b], quats=attrs.quats[b],
                       scales=attrs.scales[b], opacities=attrs.opacities[b], colors=attrs.colors[b],
-                      betas_shape=views["shape"], flame_fingerprint=synthetic_fingerprint(),
+                      betas_shape=views["shape"], flame_fingerprint=self.flame_fingerprint,
                       expr=views["expr"], jaw_pose=views["jaw_pose"],
                       eyes_pose=views["eyes_pose"], neck_pose=views["neck_pose"],
                       rotation=views["rotation"], translation=views["translation"],

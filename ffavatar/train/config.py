@@ -50,6 +50,12 @@ class TrainConfig:
     checkpointing: activation checkpointing of the Query-Former blocks; threads: CPU threads per
     process (0: the cores divided by the local processes); progress: a tqdm bar on rank 0;
     log_weight_digest: log every rank's weight digest after each step (tests: ranks in sync);
+    flame: a FLAME model file (``generic_model.pkl`` / ``.npz``, :func:`ffavatar.flame.load_flame`)
+    the network and the data are bound to (default: the built-in synthetic head);
+    captures: capture folders in the VHAP layout (:mod:`ffavatar.train.data_captures`) to train on
+    instead of synthetic identities (``data.image_size``, ``min_views`` / ``max_views``,
+    ``num_targets``, ``background`` apply); eval_captures: held-out subjects for the evaluation
+    (default: the training subjects' ``eval`` draws, which are not held-out subjects);
     time_limit: seconds of training in this process (0: none); once a step ends past it, the run
     writes its checkpoint and returns, to be resumed later (machines lent for a fixed time);
     data / loss: :class:`SyntheticConfig` / :class:`LossWeights`.
@@ -79,6 +85,9 @@ class TrainConfig:
     progress: bool = True
     log_weight_digest: bool = False
     time_limit: float = 0.0
+    flame: Optional[str] = None
+    captures: list = field(default_factory=list)
+    eval_captures: list = field(default_factory=list)
     data: SyntheticConfig = field(default_factory=SyntheticConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -94,6 +103,10 @@ class TrainConfig:
         for name in ("warmup", "ckpt_every", "eval_every", "log_every", "threads"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"config: {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("captures", "eval_captures"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"config: {name} must be a list of folder paths, got {v!r}")
         if self.time_limit < 0:
             raise ConfigError(f"config: time_limit must be >= 0 seconds, got {self.time_limit}")
         if self.lr <= 0:

@@ -48,14 +48,38 @@ def _dist_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> FFAvatarModel:
-    """The preset (with ``preset_overrides``), seeded by ``cfg.seed`` so every rank starts alike."""
+def load_flame_model(cfg: TrainConfig):
+    """The FLAME model of the run: ``cfg.flame`` read from its file, or None (the synthetic head)."""
+    if not cfg.flame:
+        return None
+    from ffavatar.flame import load_flame
+    return load_flame(cfg.flame)
+
+
+def build_datasets(cfg: TrainConfig, flame) -> tuple:
+    """(training data, held-out data): synthetic identities, or ``cfg.captures`` when given."""
+    if not cfg.captures:
+        return (SyntheticHeads(cfg.data, seed=cfg.seed, split="train"),
+                SyntheticHeads(cfg.data, seed=cfg.seed, split="eval"))
+    from ffavatar.flame import synthetic_head
+    from .data_captures import TrackedCaptures
+    d = cfg.data
+    kw = dict(image_size=d.image_size, min_views=d.min_views, max_views=d.max_views, num_targets=d.num_targets,
+              seed=cfg.seed, background=d.background, distance=d.distance)
+    model = flame or synthetic_head()
+    return (TrackedCaptures(cfg.captures, model, split="train", **kw),
+            TrackedCaptures(cfg.eval_captures or cfg.captures, model, split="eval", **kw))
+
+
+def build_model(cfg: TrainConfig, device: torch.device, flame=None) -> FFAvatarModel:
+    """The preset (with ``preset_overrides``) bound to ``flame``, seeded by ``cfg.seed`` so every
+    rank starts alike."""
     import dataclasses
     preset = get_preset(cfg.preset)
     if cfg.preset_overrides:
         preset = dataclasses.replace(preset, **cfg.preset_overrides)
     torch.manual_seed(cfg.seed)
-    model = FFAvatarModel.from_preset(preset)
+    model = FFAvatarModel.from_preset(preset, flame)
     if cfg.encoder_weights:
         model.load_encoder_weights(cfg.encoder_weights)
     model.autocast = bool(cfg.bf16)
@@ -160,7 +184,8 @@ def train(cfg: TrainConfig, *, stop_at: Optional[int] = None) -> dict:
 
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop_at: Optional[int]) -> dict:
     os.makedirs(cfg.out, exist_ok=True)
-    model = build_model(cfg, device)
+    flame = load_flame_model(cfg)
+    model = build_model(cfg, device, flame)
     if cfg.checkpointing:
         enable_activation_checkpointing(model)
     fused = device.type == "cuda"
@@ -181,9 +206,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop_a
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    data = SyntheticHeads(cfg.data, seed=cfg.seed, split="train")
-    held_out = SyntheticHeads(cfg.data, seed=cfg.seed, split="eval")
-    objective = FewToManyObjective(cfg.loss, background=cfg.data.background)
+    data, held_out = build_datasets(cfg, flame)
+    objective = FewToManyObjective(cfg.loss, flame=flame, background=cfg.data.background)
     metrics = _Metrics(cfg.out, rank == 0)
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     bar = None
