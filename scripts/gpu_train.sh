@@ -41,8 +41,20 @@ left=$(( ${DEADLINE:-560} - ($(date +%s) - T0) - 45 - RESERVE ))
 [ "$left" -lt "$TRAIN_S" ] && TRAIN_S=$left
 [ "$TRAIN_S" -lt 30 ] && { echo "no time left to train"; TRAIN_S=30; }
 stamp "train $CONFIG for ${TRAIN_S}s into $RUN"
-( cd /tmp && "$PY" -m ffavatar.train "$OLDPWD/$CONFIG" --out "$RUN" --time-limit "$TRAIN_S" ${STEPS:+--steps $STEPS} ) \
-  > "$OUT/train.log" 2>&1 &
+# train in rounds: when a round reaches its step count with time to spare, the next one extends
+# the schedule by STEP_CHUNK steps (a warm restart of the cosine) until the time is used
+train_rounds() {
+  local steps=${STEPS:-3000} end=$(( $(date +%s) + TRAIN_S )) left last
+  while :; do
+    left=$(( end - $(date +%s) )); [ "$left" -lt 45 ] && break
+    ( cd /tmp && "$PY" -m ffavatar.train "$ROOT/$CONFIG" --out "$RUN" --time-limit "$left" --steps "$steps" ) || return 1
+    last=$("$PY" -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1])][-1]['step'])" "$RUN/metrics.jsonl")
+    [ "$last" -lt "$steps" ] && break                # the time ran out first
+    steps=$(( steps + ${STEP_CHUNK:-3000} ))
+  done
+}
+ROOT=$PWD
+train_rounds > "$OUT/train.log" 2>&1 &
 train_pid=$!
 if [ -n "${EXTRA:-}" ]; then
   stamp "extra: $EXTRA"
