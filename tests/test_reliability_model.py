@@ -187,18 +187,9 @@ RENDER_BAD = [
     ("frames_mismatch", dict(expression=torch.zeros(2, 10), pose=torch.zeros(3, 15)), ValueError, "pose"),
     ("translation_wrong", dict(translation=torch.zeros(2, 3, 1)), ValueError, "translation"),
     ("viewmats_meta", dict(viewmats=torch.eye(4, device="meta")), NotImplementedError, "meta"),
-    pytest.param("background_2_values", dict(background=(0.1, 0.2)), ValueError, "background",
-                 marks=pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                         reason="defect: a background of the wrong length fails in a reshape "
-                                                "(RuntimeError not naming background)"), id="background_2_values"),
-    pytest.param("model_None", dict(model=None), ValueError, "model",
-                 marks=pytest.mark.xfail(strict=True, raises=AttributeError,
-                                         reason="defect: render(model=None) reads model.device first "
-                                                "(AttributeError), posed() has the clear error"), id="model_None"),
-    pytest.param("model_str", dict(model="flame"), TypeError, "model",
-                 marks=pytest.mark.xfail(strict=True, raises=AttributeError,
-                                         reason="defect: render(model=<not a FlameModel>) -> AttributeError"),
-                 id="model_str"),
+    ("background_2_values", dict(background=(0.1, 0.2)), ValueError, "background"),
+    ("model_None", dict(model=None), ValueError, "model"),
+    ("model_str", dict(model="flame"), TypeError, "model"),
 ]
 
 
@@ -375,8 +366,6 @@ def test_load_flame_bad_arguments(tmp_path, flame_npz):
     _raises(TypeError, "floating dtype", lambda: load_flame(flame_npz, dtype=torch.int64))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="defect: load_flame(dtype='float32') -> RuntimeError 'Invalid device string'")
 def test_load_flame_dtype_string_names_dtype(flame_npz):
     _raises(TypeError, "dtype", lambda: load_flame(flame_npz, dtype="float32"))
 
@@ -406,14 +395,10 @@ def test_load_motion_empty_and_devices(tmp_path, motion_npz):
     assert mo.expression.device.type == "meta" and mo.expression.shape == (4, 10)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="defect: load_motion(model=<not a FlameModel>) -> AttributeError 'num_joints'")
 def test_load_motion_model_not_a_flame_model(motion_npz):
     _raises(TypeError, "model", lambda: load_motion(motion_npz, model="flame"))
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="defect: load_motion(dtype=torch.int32) silently truncates the values to integers")
 def test_load_motion_integer_dtype_is_an_error(motion_npz):
     try:
         mo = load_motion(motion_npz, dtype=torch.int32)

@@ -302,6 +302,10 @@ class Avatar:
         Returns:
             [S,H,W,3] images in [0,1], S = max(B, C).
         """
+        if model is None:
+            raise ValueError("Avatar.render: a FlameModel is needed to pose the avatar (model is None)")
+        if not isinstance(model, FlameModel):
+            raise TypeError(f"Avatar.render: model expected a FlameModel, got {type(model).__name__}")
         dev, dt = model.device, model.dtype
         backend = backend or select_backend(dev)
         means, quats = self.posed(expression, pose, model, translation=translation, backend=backend)
@@ -323,7 +327,10 @@ class Avatar:
         colors = shade(g.colors.to(dt), quats, vm) if lit else g.colors.to(dt).expand(S, N, 3)
         scales = g.scales.to(dt).expand(S, N, 3).contiguous()
         opac = g.opacities.to(dt).expand(S, N).contiguous()
-        bg = torch.as_tensor(background, dtype=dt, device=dev).reshape(1, 1, 3).expand(S, 1, 3).contiguous()
+        bg = torch.as_tensor(background, dtype=dt, device=dev)
+        if bg.numel() != 3:
+            raise ValueError(f"Avatar.render: background expected 3 values (RGB), got shape {list(bg.shape)}")
+        bg = bg.reshape(1, 1, 3).expand(S, 1, 3).contiguous()
         return backend.render_scenes(means, quats, scales, opac, colors, vm, K, width, height, bg)
 
     # ------------------------------------------------------------------------------ files

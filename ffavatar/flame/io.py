@@ -147,6 +147,8 @@ def load_flame(path: "str | os.PathLike", *, n_shape: int | None = None, n_expr:
         FlameFileError (a ValueError): the file is missing or unreadable, a key is missing, or an
         array has the wrong shape; the message names the file and the key.
     """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"load_flame: dtype expected a floating dtype (a torch.dtype such as torch.float32), got {dtype!r}")
     for name, n in (("n_shape", n_shape), ("n_expr", n_expr)):
         if n is None:
             continue

@@ -182,6 +182,10 @@ def load_motion(path: "str | os.PathLike", model: Optional[FlameModel] = None, *
         ValueError: the model does not have FLAME's 5 joints.
     """
     path = os.fspath(path)
+    if model is not None and not isinstance(model, FlameModel):
+        raise TypeError(f"load_motion: model expected a FlameModel or None, got {type(model).__name__}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"load_motion: dtype expected a floating dtype (a torch.dtype such as torch.float32), got {dtype!r}")
     if model is not None and model.num_joints != NUM_JOINTS:
         raise ValueError(f"load_motion: model has {model.num_joints} joints, motion files use FLAME's "
                          f"{NUM_JOINTS} (global, neck, jaw, left eye, right eye)")
