@@ -176,10 +176,23 @@ HOST_DEVICE Projected<T> project_gaussian(const T* mean, const T* quat, const T*
   for (int i = 0; i < 3; ++i)
     p[i] = V[i * 3 + 0] * mean[0] + V[i * 3 + 1] * mean[1] + V[i * 3 + 2] * mean[2] + viewmat[i * 4 + 3];
   if (!(p[2] >= near_plane && p[2] <= far_plane)) return out;
+  // Non-finite inputs are culled exactly where the reference twin culls them (its NaNs propagate
+  // through torch.minimum / maximum and fail the det > 0 test; fmin / fmax here would drop them):
+  // a NaN quaternion (quat_to_rotmat would make it the identity) ...
+  T qn = quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3];
+  if (qn != qn) return out;
+  T fx = K[0], fy = K[4], cx = K[2], cy = K[5];
+  // ... and intrinsics whose fov-clamp limits are NaN (0/0: fx = 0 with cx = 0, e.g. K = 0)
+  {
+    T tfx = T(0.5) * T(W) / fx, tfy = T(0.5) * T(H) / fy;
+    T lim[4] = {(T(W) - cx) / fx + T(0.3) * tfx, cx / fx + T(0.3) * tfx,
+                (T(H) - cy) / fy + T(0.3) * tfy, cy / fy + T(0.3) * tfy};
+    for (int i = 0; i < 4; ++i)
+      if (lim[i] != lim[i]) return out;
+  }
   T R[9], Cc[9];
   quat_to_rotmat(quat, R);
   camera_covariance(V, R, scale, Cc);
-  T fx = K[0], fy = K[4], cx = K[2], cy = K[5];
   T J[6], ux, uy;
   bool clx, cly;
   persp_jacobian(p, fx, fy, cx, cy, W, H, J, ux, uy, clx, cly);
@@ -192,7 +205,8 @@ HOST_DEVICE Projected<T> project_gaussian(const T* mean, const T* quat, const T*
   if (!(det > T(0))) return out;
   T comp = s_sqrt(s_max(T(0), det_orig / det));
   T op = antialiased ? opacity * comp : opacity;
-  if (!(op >= T(kAlphaThreshold))) return out;
+  // opacity +inf (op - op is NaN): culled, as the reference twin does
+  if (!(op >= T(kAlphaThreshold)) || !(op - op == T(0))) return out;
   T extent = s_min(T(kMaxExtent), s_sqrt(T(2) * s_log(op / T(kAlphaThreshold))));
   T rx = s_ceil(extent * s_sqrt(cov[0])), ry = s_ceil(extent * s_sqrt(cov[2]));
   if (!(rx > T(0) || ry > T(0))) return out;

@@ -51,7 +51,7 @@ def _project(means, quats, scales, opacities, viewmats, Ks, width, height, near,
     comp = torch.sqrt(torch.clamp(torch.where(ok, det_orig / det_s, torch.ones_like(det)), min=0.0))
     op = opacities[:, None, :].expand_as(z)
     op_eff = op * comp if antialiased else op
-    ok = ok & (op_eff >= _ALPHA_T)
+    ok = ok & (op_eff >= _ALPHA_T) & (op_eff < float("inf"))      # opacity +inf: culled (as the kernels)
     with torch.no_grad():
         op_s = torch.where(ok, op_eff, torch.ones_like(op_eff))
         extent = torch.clamp(torch.sqrt(2.0 * torch.log(op_s / _ALPHA_T)), max=3.33)
