@@ -36,7 +36,7 @@ if ls "$RUN"/checkpoint.part* >/dev/null 2>&1; then
   cat "$RUN"/checkpoint.part* > "$RUN/checkpoint.safetensors" && rm -f "$RUN"/checkpoint.part*
 fi
 mkdir -p "$RUN"; RUN=$(cd "$RUN" && pwd)
-RESERVE=$(( ${EVAL:-0} == 1 ? 110 : 0 ))   # EVAL=1: export + evaluate after training
+RESERVE=$(( ${EVAL:-0} == 1 ? 90 : 0 ))   # EVAL=1: export + evaluate after training
 left=$(( ${DEADLINE:-560} - ($(date +%s) - T0) - 45 - RESERVE ))
 [ "$left" -lt "$TRAIN_S" ] && TRAIN_S=$left
 [ "$TRAIN_S" -lt 30 ] && { echo "no time left to train"; TRAIN_S=30; }
