@@ -125,7 +125,9 @@ def test_shape_refinement(head):
     """Only the shape learns: a head of another shape is fitted through the shape coefficients."""
     m, g = head
     a = Avatar.from_canonical(m, g)
-    target = dataclasses.replace(a, betas_shape=torch.cat([0.6 * torch.randn(8), torch.zeros(m.n_shape - 8)]))
+    b = torch.randn(8)
+    b = 0.6 * 8 ** 0.5 * b / b.norm()          # a random direction at a fixed distance: equal difficulty
+    target = dataclasses.replace(a, betas_shape=torch.cat([b, torch.zeros(m.n_shape - 8)]))
     v = _views(m, target, [-0.6, -0.2, 0.2, 0.6])
     held = _views(m, target, [-0.4, 0.45])
     rates = {k: 0.0 for k in DEFAULT_LR}
