@@ -233,3 +233,11 @@ def test_time_limit_checkpoints_and_resumes(tmp_path):
     assert second["step"] == 6 and len(second["losses"]) == 5
     with pytest.raises(ConfigError, match="time_limit"):
         _cfg(tmp_path, time_limit=-1)
+
+
+def test_sdpa_attention_option_trains(tmp_path):
+    # attention = "sdpa": every attention of the step through PyTorch SDPA (the CPU recipe)
+    res = train(_cfg(tmp_path / "run", steps=2, attention="sdpa"))
+    assert res["step"] == 2 and all(torch.isfinite(torch.tensor(res["losses"])))
+    with pytest.raises(ConfigError, match="attention"):
+        _cfg(tmp_path, attention="flash")

@@ -56,6 +56,8 @@ class TrainConfig:
     instead of synthetic identities (``data.image_size``, ``min_views`` / ``max_views``,
     ``num_targets``, ``background`` apply); eval_captures: held-out subjects for the evaluation
     (default: the training subjects' ``eval`` draws, which are not held-out subjects);
+    attention: ``"kernel"`` (our cross_attention) or ``"sdpa"`` (PyTorch SDPA for every attention
+    of the step; on a CPU much faster than the kernel's exact CPU path);
     time_limit: seconds of training in this process (0: none); once a step ends past it, the run
     writes its checkpoint and returns, to be resumed later (machines lent for a fixed time);
     data / loss: :class:`SyntheticConfig` / :class:`LossWeights`.
@@ -85,6 +87,7 @@ class TrainConfig:
     progress: bool = True
     log_weight_digest: bool = False
     time_limit: float = 0.0
+    attention: str = "kernel"
     flame: Optional[str] = None
     captures: list = field(default_factory=list)
     eval_captures: list = field(default_factory=list)
@@ -107,6 +110,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
                 raise ConfigError(f"config: {name} must be a list of folder paths, got {v!r}")
+        if self.attention not in ("kernel", "sdpa"):
+            raise ConfigError(f"config: attention must be 'kernel' or 'sdpa', got {self.attention!r}")
         if self.time_limit < 0:
             raise ConfigError(f"config: time_limit must be >= 0 seconds, got {self.time_limit}")
         if self.lr <= 0:

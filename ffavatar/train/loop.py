@@ -37,9 +37,14 @@ __all__ = ["train", "build_model", "lr_factor", "enable_activation_checkpointing
            "attention_path"]
 
 
-def attention_path(device: torch.device):
-    """The context a training step (forward and backward) runs in: on CPU the attention kernel's
-    exact PyTorch path, also for the backward, even under ``TRITON_INTERPRET=1`` (tests)."""
+def attention_path(device: torch.device, attention: str = "kernel"):
+    """The context a training step (forward and backward) runs in. ``attention="kernel"``: our
+    kernel (on CPU its exact PyTorch path, also for the backward, even under ``TRITON_INTERPRET=1``);
+    ``"sdpa"``: every attention through PyTorch SDPA (on a CPU its flash kernel, ~4x faster than
+    the exact path for the ``small`` preset's 5,023 queries)."""
+    if attention == "sdpa":
+        from ffavatar.nn.attention import use_sdpa
+        return use_sdpa(None)
     return force_math_path() if torch.device(device).type == "cpu" else contextlib.nullcontext()
 
 
@@ -221,7 +226,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, stop_a
             t0 = time.perf_counter()
             idx = [(step * world + rank) * cfg.batch + j for j in range(cfg.batch)]
             batch = [data.sample(i, device=device) for i in idx]
-            with attention_path(device):
+            with attention_path(device, cfg.attention):
                 out = objective(ddp, batch)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
