@@ -51,6 +51,25 @@ def avatar_lines(path: str) -> list:
             f"  residuals (personalized): {'yes' if a.residuals is not None else 'no'}"]
 
 
+def default_model_line() -> str:
+    """One line on the shipped default model: present or not, preset, training, held-out PSNR."""
+    import json
+    from ..nn.pretrained import default_weights_path, has_default_weights
+    if not has_default_weights():
+        return f"default model: not installed ({default_weights_path()} missing)"
+    try:
+        from safetensors import safe_open
+        with safe_open(default_weights_path(), framework="pt") as f:
+            meta = f.metadata() or {}
+        preset = json.loads(meta.get("preset", "{}")).get("name", "?")
+        ev = json.loads(meta.get("last_eval", "{}") or "{}")
+        psnr = f", held-out PSNR {ev['eval/psnr']:.1f} dB" if "eval/psnr" in ev else ""
+        return (f"default model: preset {preset}, trained {meta.get('train_step', '?')} steps on "
+                f"{meta.get('trained_on', '?')}{psnr}")
+    except Exception as exc:  # noqa: BLE001 -- a damaged file: report, do not crash
+        return f"default model: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+
+
 def run(args) -> int:
     """Run ``ffavatar info`` (never fails on a broken install: it reports it; a bad avatar file is a
     one-line failure, checked before anything is printed)."""
@@ -78,6 +97,7 @@ def run(args) -> int:
         print(f"ffavatar_kernels: import failed ({type(exc).__name__}: {exc})")
     ops = sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("ffavatar::"))
     print(f"torch.ops.ffavatar ({len(ops)}): {', '.join(ops) if ops else '(none registered)'}")
+    print(default_model_line())
     for line in avatar:
         print(line)
     return 0
