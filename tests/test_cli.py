@@ -57,7 +57,8 @@ def test_import_both():
 def test_demo_writes_video(tmp_path):
     import imageio.v3 as iio
     out = tmp_path / "d.mp4"
-    r = _run("demo", "--frames", "4", "--size", "64", "--device", "cpu", "--out", str(out), "--no-progress")
+    r = _run("demo", "--frames", "4", "--size", "64", "--device", "cpu", "--out", str(out), "--no-progress",
+             "--mode", "head")
     assert r.returncode == 0, r.stderr
     assert "4 frames, 64x64, device cpu" in r.stdout and "FPS" in r.stdout
     frames = iio.imread(out)
@@ -70,6 +71,23 @@ def test_demo_writes_video(tmp_path):
         assert f.std() > 10                                               # not blank
         center = f[16:48, 16:48]
         assert center.mean() > 60 and (center[..., 0] > center[..., 2]).mean() > 0.5   # lit skin tones
+
+
+@needs_kernels
+def test_demo_default_reconstructs_with_the_shipped_model(tmp_path):
+    import imageio.v3 as iio
+    from ffavatar.nn.pretrained import has_default_weights
+    if not has_default_weights():
+        pytest.skip("no shipped default model in this installation")
+    out = tmp_path / "d.mp4"
+    r = _run("demo", "--frames", "4", "--size", "64", "--device", "cpu", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "the shipped network" in r.stdout and "4 frames, 64x64" in r.stdout
+    frames = iio.imread(out)[..., :3].astype(np.float32)
+    assert frames.shape == (4, 64, 128, 3)                                  # input views | animation
+    assert np.abs(frames[0, :, :64] - frames[-1, :, :64]).mean() < 1.0      # the inputs stay
+    assert np.abs(frames[0, :, 64:] - frames[-1, :, 64:]).mean() > 1.0      # the avatar moves
+    assert frames[:, :, 64:].std() > 10                                     # not blank
 
 
 def test_demo_rejects_bad_args(tmp_path):
