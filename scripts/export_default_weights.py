@@ -14,6 +14,7 @@ import sys
 import torch
 
 import _paths  # noqa: F401  (puts the repository root on sys.path)
+from ffavatar.flame import load_flame
 from ffavatar.nn import FFAvatarModel, Preset
 from ffavatar.nn.pretrained import default_weights_path
 from ffavatar.train.checkpoint import load_checkpoint
@@ -26,10 +27,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=default_weights_path())
     args = p.parse_args(argv)
     ck = load_checkpoint(args.checkpoint)
-    from safetensors import safe_open
-    with safe_open(args.checkpoint, framework="pt") as f:
-        preset_json = f.metadata()["preset"]
-    model = FFAvatarModel(Preset.from_json(preset_json))
+    # a run trained on captures is bound to its FLAME model (the config's `flame`), else the synthetic head
+    flame = load_flame(ck.config["flame"]) if ck.config.get("flame") else None
+    model = FFAvatarModel(Preset.from_json(ck.preset_json), flame)
     missing, unexpected = model.load_state_dict(ck.model_state, strict=False)
     if missing or unexpected:
         sys.exit(f"checkpoint does not fit its preset: missing {missing}, unexpected {unexpected}")
@@ -40,8 +40,10 @@ def main(argv=None) -> int:
             rec = json.loads(line)
             if any(k.startswith("eval/") for k in rec):
                 last_eval = rec
-    meta = {"trained_on": "synthetic identities of the embedded FLAME-topology head (ffavatar.train."
-                          "data_synthetic); not real faces",
+    trained_on = (f"captures {ck.config['captures']}" if ck.config.get("captures") else
+                  "synthetic identities of the embedded FLAME-topology head (ffavatar.train.data_synthetic); "
+                  "not real faces")
+    meta = {"trained_on": trained_on,
             "train_step": ck.step, "train_config": json.dumps(ck.config, sort_keys=True),
             "last_eval": json.dumps(last_eval, sort_keys=True)}
     model.save_pretrained(args.out, dtype=torch.float16, metadata=meta)

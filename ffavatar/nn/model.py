@@ -147,7 +147,7 @@ class FFAvatarModel(nn.Module):
         kept in ``model.metadata``. ``flame``: the FLAME model a checkpoint trained on real
         captures was bound to (checked against the fingerprint it records; default: the built-in
         synthetic head)."""
-        from safetensors import safe_open
+        from ffavatar.flame.versioned import read_versioned
         from .pretrained import default_weights_path
         if path is None:
             path = default_weights_path()
@@ -157,17 +157,8 @@ class FFAvatarModel(nn.Module):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"path: no such file {path!r}")
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not an FFAvatarModel checkpoint (format {meta.get('format')!r})")
-        if int(meta.get("version", "0")) > CHECKPOINT_VERSION:
-            raise ValueError(f"{path}: checkpoint version {meta['version']} is newer than this "
-                             f"library's {CHECKPOINT_VERSION}")
+        tensors, meta = read_versioned(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ValueError,
+                                       "an FFAvatarModel checkpoint")
         try:
             preset = Preset.from_json(meta["preset"])
         except (KeyError, TypeError, json.JSONDecodeError) as exc:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ffavatar.flame.atomic import atomic_write
+from ffavatar.flame.versioned import read_versioned
 
 __all__ = ["CheckpointError", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint",
            "Checkpoint"]
@@ -98,7 +99,7 @@ def save_checkpoint(path: "str | os.PathLike", *, model: torch.nn.Module, optimi
 
 
 class Checkpoint:
-    """A checkpoint read back: ``step``, ``config`` (dict), ``data`` (dict), ``model_state``,
+    """A checkpoint read back: ``step``, ``config`` (dict), ``preset_json``, ``data`` (dict), ``model_state``,
     ``optimizer_state`` (AdamW state_dict), ``scheduler_state``, ``rng(rank)``."""
 
     def __init__(self, path: str, tensors: dict, meta: dict):
@@ -111,6 +112,7 @@ class Checkpoint:
             groups = json.loads(meta["optim_groups"])
             self._py = json.loads(meta["rng_python"])
             self._np = json.loads(meta["rng_numpy"])
+            self.preset_json = meta.get("preset", "{}")
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc})") from None
         self.model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
@@ -136,20 +138,10 @@ class Checkpoint:
 
 def load_checkpoint(path: "str | os.PathLike") -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (CPU tensors)."""
-    from safetensors import safe_open
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a training checkpoint (format {meta.get('format')!r})")
-    if int(meta.get("version", "0")) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {meta['version']} is newer than this library's {VERSION}")
+    tensors, meta = read_versioned(path, FORMAT, VERSION, CheckpointError, "a training checkpoint")
     return Checkpoint(path, tensors, meta)
 
 
