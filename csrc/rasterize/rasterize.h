@@ -141,13 +141,16 @@ struct Split;
 // Step 0: the split plan (rasterize_split.cu) into state [split_state_words(G, pool, nt, D)] int32,
 // from the tile offsets of the G = images x tiles tiles (pool: a multiple of images, split_pool);
 // split_view gives the kernels' view of it.
+// n_isects_dev: nullptr, or the intersection count on the device (a bin captured in a CUDA graph, whose
+// flatten_ids hold n_isects = capacity slots; the last tile ends at clamp(*n_isects_dev, 0, n_isects)).
 cudaError_t launch_split_plan(const int32_t* tile_offsets, int64_t G, int64_t images, int64_t n_isects,
-                              int64_t pool, int32_t* state, cudaStream_t stream);
+                              const int32_t* n_isects_dev, int64_t pool, int32_t* state, cudaStream_t stream);
 Split split_view(int32_t* state, int64_t G, int64_t pool, int64_t D);
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                              int64_t n_isects, const Dims& d, const Split& sp, float* out_colors,
-                              float* out_alphas, int32_t* last_ids, float* final_Ts, cudaStream_t stream);
+                              int64_t n_isects, const int32_t* n_isects_dev, const Dims& d, const Split& sp,
+                              float* out_colors, float* out_alphas, int32_t* last_ids, float* final_Ts,
+                              cudaStream_t stream);
 // Output gradients are read with strides (pixel p = (m*H + i)*W + j, channel c): v_colors_out[p * vc_pix
 // + c * vc_ch], v_alphas_out[p * va_pix]; contiguous is (D, 1, 1), the expanded gradient of a sum (0, 0, 0).
 struct GradStrides {

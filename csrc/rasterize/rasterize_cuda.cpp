@@ -1,6 +1,7 @@
 // CUDA glue of the rasterize ops: validation, allocation through torch's caching allocator (outputs,
 // intermediates, CUB temp storage), the current stream, and the launchers of rasterize_*.cu.
-// float32 only. One host wait per forward, in the bin, for the intersection count (bin_cuda).
+// float32 only. One host wait per forward, in the bin, for the intersection count (bin_cuda); none under
+// stream capture (the bin's capture way).
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAMacros.h>
@@ -79,9 +80,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
 // with the queued work meanwhile. If the count exceeds the guess, the queued kernels stayed within the
 // guessed buffers and the exact way runs again with the count. Results are the same either way.
 // Exact way: the first call on a device (no guess yet), or FFAVATAR_BIN_SYNC=1 (read per call).
-// Neither way can be captured in a CUDA graph (a host sync / an event wait inside the op).
+// Neither way can be captured in a CUDA graph (a host sync / an event wait inside the op): under stream
+// capture the bin takes a third way (no wait; see `capturing` in bin_cuda).
 
 constexpr int kMaxDevices = C10_COMPILE_TIME_MAX_GPUS;
+
+bool stream_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  FFA_CHECK_CUDA(cudaStreamIsCapturing(stream, &status), "rasterize: stream capture status");
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// Bins captured in a CUDA graph by this thread (the latest 8): their flatten_ids (data pointer) and the
+// buffer holding their intersection count on the device, kept alive until the render that reads the
+// count is recorded (a buffer freed during a capture may be reused by a later allocation of it).
+struct CapturedBin {
+  const void* ids = nullptr;
+  at::Tensor keep;
+  const int32_t* count = nullptr;
+};
+constexpr int kCapturedBins = 8;
+thread_local CapturedBin captured_bins[kCapturedBins];
+thread_local int captured_next = 0;
+
+void remember_captured(const at::Tensor& flatten_ids, const at::Tensor& keep, const int32_t* count) {
+  CapturedBin& c = captured_bins[captured_next];
+  captured_next = (captured_next + 1) % kCapturedBins;
+  c.ids = flatten_ids.data_ptr();
+  c.keep = keep;
+  c.count = count;
+}
+
+// The device count of flatten_ids when a captured bin of this thread made them and the stream is
+// capturing; else nullptr (the count is flatten_ids.numel()).
+const int32_t* captured_count(const at::Tensor& flatten_ids, cudaStream_t stream) {
+  if (flatten_ids.numel() == 0 || !stream_capturing(stream)) return nullptr;
+  for (const CapturedBin& c : captured_bins)
+    if (c.ids != nullptr && c.ids == flatten_ids.data_ptr()) return c.count;
+  return nullptr;
+}
 
 // Per device, a decaying high-water mark of the counts: max(count, previous - previous/8). Any value
 // is correct (it is only a guess); 0: none yet.
@@ -159,7 +196,12 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   FFA_CHECK(dev >= 0 && dev < kMaxDevices, "rasterize: CUDA device index out of range: ", dev);
   std::atomic<int64_t>& hint = bin_hint[dev];
   const int64_t guess = hint.load(std::memory_order_relaxed);
-  const bool speculative = !(guess == 0 || env::bin_sync());
+  // Under stream capture (a CUDA graph) no host wait can be recorded: the capture way (below).
+  const bool capturing = stream_capturing(stream);
+  FFA_CHECK(!capturing || guess > 0,
+            "rasterize: capturing a CUDA graph needs one uncaptured rasterize call on this device first (it sizes "
+            "the intersection buffers)");
+  const bool speculative = capturing || !(guess == 0 || env::bin_sync());
 
   // Sorts: the onesweep sorts of rasterize_bin_sort.cu (their counters in one zeroed region each),
   // or cub::DeviceRadixSort (temp storage) with FFAVATAR_BIN_CUB_SORT=1 (read per call; for A/B runs) and
@@ -213,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   int32_t* offsets = static_cast<int32_t*>(obuf.data_ptr());
   const int32_t* count_dev = offsets + (MN - 1);
   IsectBuffers spec;
-  if (speculative) spec = isect_buffers(bin_capacity(guess));
+  if (speculative) spec = isect_buffers(bin_capacity(capturing ? guess + guess / 2 : guess));
 
   char* dp = static_cast<char*>(dbuf.data_ptr());
   uint32_t* dkeys = reinterpret_cast<uint32_t*>(dp);
@@ -223,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   // the speculative tile sort's state is zeroed by the depth keys kernel, long before it is used
   int32_t* spec_zero = speculative && spec.own ? reinterpret_cast<int32_t*>(spec.sort_storage()) : nullptr;
   const int64_t spec_zero_words = spec_zero ? (int64_t)(spec.sort_bytes / sizeof(int32_t)) : 0;
-  int32_t* count_host = speculative ? PendingCount::slot() : nullptr;
+  int32_t* count_host = speculative && !capturing ? PendingCount::slot() : nullptr;
   // 1-3. The pairs in depth order, and the inclusive scan of their counts in that order (the last
   // offset is the count; speculative: copied into count_host). result: the sorted ids are in ids_alt.
   auto depth_order = [&](cudaStream_t st, int* result) -> cudaError_t {
@@ -282,7 +324,7 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
       return e;
     };
     int in_alt = 0;
-    if (spec_way) {
+    if (spec_way && !capturing) {
       GraphKey key;
       key.device = dev;
       key.add(uint64_t(2)).add(uint64_t(b.cap)).add(uint64_t(end_bit)).add(uint64_t(b.sort_bytes)).add(uint64_t(b.own));
@@ -307,6 +349,19 @@ std::tuple<at::Tensor, at::Tensor> bin_cuda(const at::Tensor& means2d, const at:
   int64_t n_isects = 0;
   at::Tensor sorted_vals;
   int order_alt = 0;
+  if (capturing) {
+    // The capture way: the speculative launches with 1.5x the guess as capacity, no count copy, no
+    // wait, no cached graph (they are recorded into the caller's). flatten_ids is the whole capacity;
+    // the count stays on the device, where the render of these flatten_ids reads it (captured_count:
+    // the last tile ends there). A count above the capacity renders the first `capacity`
+    // intersections in depth order only: the caller detects it (sum of tiles_per_gauss > capacity)
+    // and captures again after an uncaptured call has raised the guess.
+    FFA_CHECK_CUDA(depth_order(stream, &order_alt), "rasterize depth sort / scan (captured)");
+    order = (order_alt ? ids_alt : ids).data_ptr<int32_t>();
+    at::Tensor all = emit_sort_offsets(spec, true);
+    remember_captured(all, obuf, count_dev);
+    return {tile_offsets, all};
+  }
   if (!speculative) {
     FFA_CHECK_CUDA(depth_order(stream, &order_alt), "rasterize depth sort / scan");
     order = (order_alt ? ids_alt : ids).data_ptr<int32_t>();
@@ -365,18 +420,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_cu
   const int64_t G = d.B * d.C * d.tiles_x * d.tiles_y, n_isects = flatten_ids.numel();
   // FFAVATAR_NO_SPLIT=1 (read per call, for A/B runs and tests): every tile in one block
   const int64_t pool = env::no_split() ? 0 : split_pool(G, d.B * d.C, n_isects);
+  const int32_t* count_dev = captured_count(flatten_ids, stream);  // the capture way of bin_cuda
   const int64_t nt = ((d.tile_size * d.tile_size + 31) / 32) * 32;
   at::Tensor state = at::empty({pool > 0 ? split_state_words(G, pool, nt, d.D) : 0}, fo.dtype(at::kInt));
   if (pool > 0)
-    FFA_CHECK_CUDA(launch_split_plan(tile_offsets.data_ptr<int32_t>(), G, d.B * d.C, n_isects, pool,
+    FFA_CHECK_CUDA(launch_split_plan(tile_offsets.data_ptr<int32_t>(), G, d.B * d.C, n_isects, count_dev, pool,
                                      state.data_ptr<int32_t>(), stream),
                    "rasterize split plan kernel");
   const Split sp = split_view(pool > 0 ? state.data_ptr<int32_t>() : nullptr, G, pool, d.D);
   FFA_CHECK_CUDA(launch_render_fwd(means2d.data_ptr<float>(), conics.data_ptr<float>(), opac2d.data_ptr<float>(),
                                    colors.data_ptr<float>(),
                                    backgrounds.has_value() ? backgrounds->data_ptr<float>() : nullptr,
-                                   tile_offsets.data_ptr<int32_t>(), flatten_ids.data_ptr<int32_t>(), n_isects, d,
-                                   sp, out_c.data_ptr<float>(), out_a.data_ptr<float>(), last.data_ptr<int32_t>(),
+                                   tile_offsets.data_ptr<int32_t>(), flatten_ids.data_ptr<int32_t>(), n_isects,
+                                   count_dev, d, sp, out_c.data_ptr<float>(), out_a.data_ptr<float>(), last.data_ptr<int32_t>(),
                                    final_T.data_ptr<float>(), stream),
                  "rasterize render_fwd kernel");
   return {out_c, out_a, last, final_T, state};
@@ -399,6 +455,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cuda(
   const Split sp = split_view(pool > 0 ? split_state->data_ptr<int32_t>() : nullptr, G, pool, d.D);
   c10::cuda::CUDAGuard guard(means2d.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
+  FFA_CHECK(captured_count(flatten_ids, stream) == nullptr,
+            "rasterize: the backward of a render whose bin was captured in the same CUDA graph is not supported "
+            "(capture rendering without gradients, e.g. under torch.no_grad())");
   // output gradients as they come (e.g. the expanded ones of a sum: no copy); contiguous copies otherwise
   const PixelGrad gc = pixel_grad(v_render_colors), ga = pixel_grad(v_render_alphas);
   // the gradients are accumulated with atomics: zeroed first, all four in one launch

@@ -190,8 +190,9 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
     render_fwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
                                   const float* __restrict__ opac2d, const float* __restrict__ colors,
                                   const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
-                                  const int32_t* __restrict__ flatten_ids, int32_t n_isects, Dims d, int chan0,
-                                  int nch, Split sp, float* __restrict__ out_c, float* __restrict__ out_a,
+                                  const int32_t* __restrict__ flatten_ids, int32_t n_isects,
+                                  const int32_t* __restrict__ n_isects_dev, Dims d, int chan0, int nch, Split sp,
+                                  float* __restrict__ out_c, float* __restrict__ out_a,
                                   int32_t* __restrict__ last_ids, float* __restrict__ final_Ts) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
@@ -201,7 +202,7 @@ __global__ void __maxnreg__(kFwdMaxRegs<CH>)
   int& s_flag = *reinterpret_cast<int*>(s_rec + (nt + 1) * RecF4<CH>);
 
   BlockTile bt;
-  if (!block_tile(sp, d, tile_offsets, n_isects, bt)) return;
+  if (!block_tile(sp, d, tile_offsets, isect_end(n_isects, n_isects_dev), bt)) return;
   const int64_t m = bt.m;
   const int k = bt.k, nsplit = bt.nsplit, slot0 = bt.slot0, i = bt.i, j = bt.j, tid = threadIdx.x;
   const bool inside = bt.inside;
@@ -360,13 +361,15 @@ struct FwdKernels {
 
 cudaError_t launch_render_fwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
-                              int64_t n_isects, const Dims& d, const Split& sp, float* out_colors,
-                              float* out_alphas, int32_t* last_ids, float* final_Ts, cudaStream_t stream) {
+                              int64_t n_isects, const int32_t* n_isects_dev, const Dims& d, const Split& sp,
+                              float* out_colors, float* out_alphas, int32_t* last_ids, float* final_Ts,
+                              cudaStream_t stream) {
   if (d.B * d.C == 0) return cudaSuccess;
   return for_each_chunk<FwdKernels>(d, [&](auto ch, int chan0, int nch) {
     return launch_chunk<FwdKernels, decltype(ch)::value>(
         d, sp, stream, reinterpret_cast<const float2*>(means2d), conics, opac2d, colors, backgrounds, tile_offsets,
-        flatten_ids, (int32_t)n_isects, d, chan0, nch, sp, out_colors, out_alphas, last_ids, final_Ts);
+        flatten_ids, (int32_t)n_isects, n_isects_dev, d, chan0, nch, sp, out_colors, out_alphas, last_ids,
+        final_Ts);
   });
 }
 

@@ -50,9 +50,12 @@ __device__ __forceinline__ int order_class(int cnt, int ns) {
 // Block m: tiles [m T, (m + 1) T) of the G, slots [m P, (m + 1) P) of the pool. classes: [images,
 // kOrderClasses] work items per class of each image (for split_order_kernel).
 __global__ void __launch_bounds__(kPlanThreads) split_plan_kernel(const int32_t* __restrict__ offsets, int64_t G,
-                                                                  int64_t T, int32_t n_isects, int pool, int P,
-                                                                  int2* __restrict__ plan, int32_t* __restrict__ counters,
+                                                                  int64_t T, int32_t n_isects,
+                                                                  const int32_t* __restrict__ n_isects_dev, int pool,
+                                                                  int P, int2* __restrict__ plan,
+                                                                  int32_t* __restrict__ counters,
                                                                   int32_t* __restrict__ classes) {
+  n_isects = isect_end(n_isects, n_isects_dev);
   using Scan = cub::BlockScan<int, kPlanThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int hist[kBins];
@@ -111,10 +114,12 @@ __global__ void __launch_bounds__(kPlanThreads) split_plan_kernel(const int32_t*
 // counting sort: ranks from a warp-level match on the class and a per-class scan over the warps).
 // Entries past the last item are -1.
 __global__ void __launch_bounds__(kPlanThreads) split_order_kernel(const int32_t* __restrict__ offsets, int64_t G,
-                                                                   int64_t T, int32_t n_isects, int images,
+                                                                   int64_t T, int32_t n_isects,
+                                                                   const int32_t* __restrict__ n_isects_dev, int images,
                                                                    int64_t items_max, const int2* __restrict__ plan,
                                                                    const int32_t* __restrict__ classes,
                                                                    int32_t* __restrict__ work) {
+  n_isects = isect_end(n_isects, n_isects_dev);
   constexpr int kGroups = kPlanThreads / kOrderClasses;
   __shared__ int base[kOrderClasses];
   __shared__ int part[2][kGroups][kOrderClasses];  // per group of images: items per class, all / before m
@@ -188,7 +193,7 @@ __global__ void __launch_bounds__(kPlanThreads) split_order_kernel(const int32_t
 }  // namespace
 
 cudaError_t launch_split_plan(const int32_t* tile_offsets, int64_t G, int64_t images, int64_t n_isects,
-                              int64_t pool, int32_t* state, cudaStream_t stream) {
+                              const int32_t* n_isects_dev, int64_t pool, int32_t* state, cudaStream_t stream) {
   if (G == 0 || images == 0) return cudaSuccess;
   if (G % images != 0 || pool % images != 0 || images > 0x7fffffff) return cudaErrorInvalidValue;
   const Split sp = split_view(state, G, pool, 1);
@@ -198,10 +203,10 @@ cudaError_t launch_split_plan(const int32_t* tile_offsets, int64_t G, int64_t im
   // slot of >= 32 pixels x >= 2 words)
   int32_t* classes = reinterpret_cast<int32_t*>(sp.slots);
   split_plan_kernel<<<(unsigned)images, kPlanThreads, 0, stream>>>(tile_offsets, G, G / images, (int32_t)n_isects,
-                                                                   (int)pool, (int)(pool / images), plan,
+                                                                   n_isects_dev, (int)pool, (int)(pool / images), plan,
                                                                    sp.counters, classes);
   split_order_kernel<<<(unsigned)images, kPlanThreads, 0, stream>>>(tile_offsets, G, G / images, (int32_t)n_isects,
-                                                                    (int)images, G + pool, plan, classes, work);
+                                                                    n_isects_dev, (int)images, G + pool, plan, classes, work);
   return cudaGetLastError();
 }
 

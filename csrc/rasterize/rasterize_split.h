@@ -84,6 +84,15 @@ struct BlockTile {
   int32_t start, end;
 };
 
+// The end of the last tile's splats: n_isects, or with a count on the device (a bin captured in a
+// CUDA graph: n_isects is then the buffer's capacity, the slots past the count hold sentinels)
+// clamp(*n_isects_dev, 0, n_isects).
+__device__ __forceinline__ int32_t isect_end(int32_t n_isects, const int32_t* n_isects_dev) {
+  if (n_isects_dev == nullptr) return n_isects;
+  const int32_t c = *n_isects_dev;
+  return c < 0 ? 0 : c < n_isects ? c : n_isects;
+}
+
 // false: the block has nothing to do (past the plan's work items).
 __device__ __forceinline__ bool block_tile(const Split& sp, const Dims& d, const int32_t* tile_offsets,
                                            int32_t n_isects, BlockTile& t) {
