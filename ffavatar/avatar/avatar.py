@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -24,6 +24,9 @@ from .files import AvatarFileError, read_avatar, save_avatar
 from .personalize import personalize as _personalize
 from .ply import export_avatar_ply
 from .residuals import EffectiveGaussians, Residuals, axis_angle_to_quat
+
+if TYPE_CHECKING:  # engine imports this module
+    from .engine import AnimationEngine
 
 __all__ = ["Avatar", "FlameMismatchError", "load_avatar"]
 
@@ -332,6 +335,38 @@ class Avatar:
             raise ValueError(f"Avatar.render: background expected 3 values (RGB), got shape {list(bg.shape)}")
         bg = bg.reshape(1, 1, 3).expand(S, 1, 3).contiguous()
         return backend.render_scenes(means, quats, scales, opac, colors, vm, K, width, height, bg)
+
+    # ------------------------------------------------------------------------------ animation
+    def engine(self, model: FlameModel, width: int, height: int, **options) -> "AnimationEngine":
+        """An :class:`~ffavatar.avatar.engine.AnimationEngine` for this avatar: frames from FLAME
+        parameters, replayed from a CUDA graph on the GPU (``options``: viewmat, K, batch,
+        background, lit, backend, graph)."""
+        from .engine import AnimationEngine
+        return AnimationEngine(self, model, width, height, **options)
+
+    def animate(self, model: FlameModel, expression=None, pose=None, width: int = 512, height: Optional[int] = None,
+                *, translation=None, viewmats=None, batch: int = 16, **options):
+        """Render an animation in batches: yields [b,H,W,3] images in [0,1], in order.
+
+        Args:
+            model: the FLAME model the avatar is bound to.
+            expression: [T,n] expression coefficients, pose: [T,J*3] or [T,J,3] axis-angle (either
+                may be None: zeros), translation: [T,3] or None, viewmats: [T,4,4], [4,4] or None
+                (the front camera, or ``options['viewmat']``).
+            width, height: frame size (height defaults to width).
+            batch: frames per replay of the engine.
+            options: more :class:`~ffavatar.avatar.engine.AnimationEngine` arguments.
+
+        The inputs are checked before the first frame renders.
+        """
+        eng = self.engine(model, width, width if height is None else height, batch=batch, **options)
+        expr, pose, tr, vm = eng._inputs(expression, pose, translation, viewmats)
+
+        def frames():
+            for s in range(0, expr.shape[0], batch):
+                e = min(expr.shape[0], s + batch)
+                yield eng.render(expr[s:e], pose[s:e], translation=tr[s:e], viewmats=vm[s:e])
+        return frames()
 
     # ------------------------------------------------------------------------------ files
     def personalize(self, model: FlameModel, images: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor,
