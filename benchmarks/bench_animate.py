@@ -53,3 +53,27 @@ def test_animate_torch_lbs_gsplat(benchmark, scene, B):
     from benchmarks.comparators import gsplat_backend
     backend = gsplat_backend(torch_lbs=True)
     _bench(benchmark, scene, backend, B)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B", [1, 16])
+def test_animate_ours_graph(benchmark, scene, B):
+    """The AnimationEngine: the same frames (mean-head avatar, the demo's motion and orbit, lit) replayed
+    from a CUDA graph; the parameters are copied into its static buffers inside the timed region."""
+    from ffavatar.avatar import AnimationEngine, Avatar
+    m, g, expr, args, pose, views, K = scene
+    avatar = Avatar.from_canonical(m, g)
+    eng = AnimationEngine(avatar, m, SIZE, SIZE, K=K, batch=B, lit=True, background=(0.08, 0.09, 0.11),
+                          graph=True)
+
+    def run():
+        img = eng.render(expr[:B], pose[:B], viewmats=views[:B], copy=False)
+        torch.cuda.synchronize()
+        return img
+    img = run()
+    assert img.shape == (B, SIZE, SIZE, 3) and torch.isfinite(img).all()
+    benchmark.pedantic(run, rounds=20, warmup_rounds=3, iterations=1)
+    t = benchmark.stats.stats.median
+    assert eng.captures == 1
+    benchmark.extra_info.update(frames=B, gaussians=g.num_gaussians, size=SIZE, ms_per_frame=1e3 * t / B,
+                                fps=B / t, backend="AnimationEngine (CUDA graph)")

@@ -3,7 +3,7 @@
 #
 #   RUN=.runs/default_small bash scripts/gpu_final.sh        # on the device, repo root; .whl carried
 #
-# Expects the ffavatar wheel (built by scripts/gpu_train.sh) and the dependency wheels in .whl/, the
+# Installs the wheels of .whl/ (building the ffavatar wheel when none is carried: scripts/gpu_install.sh), the
 # run folder with the checkpoint (whole or in parts). Each stage has its own timeout; everything
 # but the exported weights comes back in all.tgz (at most 8 files return from a device call).
 set -uo pipefail
@@ -16,8 +16,7 @@ export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
 stamp() { echo "== $(date +%T) $*"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 "$PY" -c "import torch,triton;print('torch',torch.__version__,'triton',triton.__version__)" | tee -a "$OUT/gpu.txt"
-deps=$(ls .whl/*.whl 2>/dev/null | grep -v -e '/ffavatar-' || true)
-"$PY" -m pip install -q --no-index --no-deps --no-compile $deps .whl/ffavatar-*.whl || exit 1
+GSPLAT=1 source scripts/gpu_install.sh
 # gsplat (comparator) JIT-builds its CUDA backend: start it now, in the background
 ( cd /tmp && "$PY" -c "from gsplat.cuda._backend import _C; print('gsplat backend', _C is not None)" > "$OUT/gsplat_build.log" 2>&1 ) &
 if ls "$RUN"/checkpoint.part* >/dev/null 2>&1; then

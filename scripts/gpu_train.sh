@@ -20,17 +20,7 @@ stamp() { echo "== $(date +%T) $*"; }
 T0=$(date +%s)   # DEADLINE: seconds after this by which the call must be done (the training shrinks to fit)
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-deps=$(ls .whl/*.whl 2>/dev/null | grep -v -e '/ffavatar-' -e '/gsplat-' || true)
-[ -n "$deps" ] && "$PY" -m pip install -q --no-index --no-deps --no-compile $deps
-if ls .whl/ffavatar-*.whl >/dev/null 2>&1; then
-  stamp "install the carried ffavatar wheel"; "$PY" -m pip install -q --no-index --no-deps .whl/ffavatar-*.whl
-else
-  stamp "build a wheel"; t0=$(date +%s)
-  "$PY" -m pip wheel --no-build-isolation --no-deps -w "$OUT/wheel" . > "$OUT/build.log" 2>&1 \
-    || { tail -40 "$OUT/build.log"; exit 1; }
-  "$PY" -m pip install -q --no-index --no-deps "$OUT"/wheel/ffavatar-*.whl; echo "build took $(( $(date +%s) - t0 )) s"
-fi
-cd /tmp && "$PY" -c "import ffavatar_kernels as fk; print('cuda kernels:', fk.has_cuda_kernels())"; cd - >/dev/null
+source scripts/gpu_install.sh
 
 if ls "$RUN"/checkpoint.part* >/dev/null 2>&1; then
   cat "$RUN"/checkpoint.part* > "$RUN/checkpoint.safetensors" && rm -f "$RUN"/checkpoint.part*

@@ -17,9 +17,6 @@ from .errors import (CliError, atomic_output, check_device, check_input_file, ch
 __all__ = ["add_parser", "run", "open_avatar", "read_motion", "front_camera", "BACKGROUND"]
 
 BACKGROUND = (0.08, 0.09, 0.11)     # the demo's
-FOV_Y_DEG = 22.0                    # the demo's camera: 0.75 m in front of the face
-EYE = (0.0, -0.02, 0.75)
-TARGET = (0.0, -0.02, 0.0)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -56,10 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def front_camera(size: int, device="cpu"):
     """The fixed front camera: viewmat [4,4] (world-to-camera) and K [3,3] for size x size pixels."""
-    import torch
-    from ..geometry import intrinsics, look_at
-    vm = look_at(torch.tensor(EYE), torch.tensor(TARGET)).to(device)
-    return vm, intrinsics(size, size, FOV_Y_DEG, device=device)
+    from ..avatar.engine import front_camera as _front
+    return _front(size, size, device)
 
 
 def open_avatar(command: str, path: str, flame: "str | None", device: str):
@@ -137,11 +132,10 @@ def run(args) -> int:
 
     import torch
     from tqdm import tqdm
-    from ..render import VideoWriter, select_backend
-    backend = select_backend(device)
-    vm, K = front_camera(args.size, device)
+    from ..render import VideoWriter
+    engine = avatar.engine(model, args.size, args.size, batch=batch, background=BACKGROUND, lit=args.lit)
     print(f"ffavatar animate: {avatar.num_gaussians} Gaussians on {device}, {T} frames of {source}; "
-          f"{backend.description}", flush=True)
+          f"{engine.backend.description}{', replayed from a CUDA graph' if engine.uses_graph else ''}", flush=True)
     t_setup = time.perf_counter() - t0
     write_s = 0.0
     with atomic_output(out) as tmp:
@@ -150,10 +144,7 @@ def run(args) -> int:
             t1 = time.perf_counter()
             for s in range(0, T, batch):
                 e = min(T, s + batch)
-                with torch.no_grad():
-                    imgs = avatar.render(model, vm, K, args.size, args.size, expr[s:e], pose[s:e],
-                                         translation=transl[s:e], backend=backend, background=BACKGROUND,
-                                         lit=args.lit)
+                imgs = engine.render(expr[s:e], pose[s:e], translation=transl[s:e], copy=False)
                 frames = (imgs * 255.0 + 0.5).to(torch.uint8).cpu().numpy()     # syncs the device
                 tw = time.perf_counter()
                 for f in frames:
