@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 RUN=${RUN:-.runs/default_small}
-STAGES=${STAGES:-"eval train_step animate personalize host"}
+STAGES=${STAGES:-"eval train_step animate bench_pers personalize host"}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
 stamp() { echo "== $(date +%T) $*"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -40,6 +40,13 @@ if [[ $STAGES == *animate* ]]; then
   stamp "bench: animate"
   timeout 90 "$PY" -m pytest benchmarks/bench_animate.py -q -p no:cacheprovider --benchmark-json="$OUT/bench_animate.json" \
     --benchmark-columns=median,iqr,rounds 2>&1 | tee "$OUT/bench_animate.log" | tail -8
+  "$PY" scripts/bench_table.py "$OUT/bench_animate.json" 2>/dev/null | tail -12
+fi
+if [[ $STAGES == *bench_pers* ]]; then
+  stamp "bench: personalize steps (ours vs PyTorch LBS + gsplat)"
+  timeout 120 "$PY" -m pytest benchmarks/bench_personalize.py -q -p no:cacheprovider --benchmark-json="$OUT/bench_personalize.json" \
+    --benchmark-columns=median,iqr,rounds 2>&1 | tee "$OUT/bench_personalize.log" | tail -8
+  "$PY" scripts/bench_table.py "$OUT/bench_personalize.json" 2>/dev/null | tail -6
 fi
 if [[ $STAGES == *personalize* ]]; then
   stamp "personalize_synthetic (512 px, 4 views, 500 steps, ~80K Gaussians)"
