@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
@@ -20,13 +20,11 @@ from ..flame import CanonicalGaussians, FlameModel, anchor_points, flame_fingerp
 from ..geometry.rotations import quat_mul
 from ..render import Backend, select_backend
 from ..render.shading import shade
+from .engine import AnimationEngine
 from .files import AvatarFileError, read_avatar, save_avatar
 from .personalize import personalize as _personalize
 from .ply import export_avatar_ply
 from .residuals import EffectiveGaussians, Residuals, axis_angle_to_quat
-
-if TYPE_CHECKING:  # engine imports this module
-    from .engine import AnimationEngine
 
 __all__ = ["Avatar", "FlameMismatchError", "load_avatar"]
 
@@ -337,11 +335,10 @@ class Avatar:
         return backend.render_scenes(means, quats, scales, opac, colors, vm, K, width, height, bg)
 
     # ------------------------------------------------------------------------------ animation
-    def engine(self, model: FlameModel, width: int, height: int, **options) -> "AnimationEngine":
+    def engine(self, model: FlameModel, width: int, height: int, **options) -> AnimationEngine:
         """An :class:`~ffavatar.avatar.engine.AnimationEngine` for this avatar: frames from FLAME
         parameters, replayed from a CUDA graph on the GPU (``options``: viewmat, K, batch,
         background, lit, backend, graph)."""
-        from .engine import AnimationEngine
         return AnimationEngine(self, model, width, height, **options)
 
     def animate(self, model: FlameModel, expression=None, pose=None, width: int = 512, height: Optional[int] = None,

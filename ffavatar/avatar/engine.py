@@ -72,8 +72,8 @@ class AnimationEngine:
     def __init__(self, avatar, model: FlameModel, width: int, height: int, *, viewmat=None, K=None, batch: int = 1,
                  background=(0.0, 0.0, 0.0), lit: bool = False, backend: Optional[Backend] = None,
                  graph="auto"):
-        from .avatar import Avatar
-        if not isinstance(avatar, Avatar):
+        # duck-typed: avatar.py sits above this module (Avatar.engine builds engines)
+        if not all(hasattr(avatar, n) for n in ("effective", "check_model", "_frames", "betas_shape")):
             raise TypeError(f"AnimationEngine: avatar expected an Avatar, got {type(avatar).__name__}")
         if not isinstance(model, FlameModel):
             raise TypeError(f"AnimationEngine: model expected a FlameModel, got {type(model).__name__}")
