@@ -336,6 +336,21 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         if render_mode != "RGB":  # the depth channel is blended over 0; its background is added after
             bg_depth = bg[..., -1:]  # [B?,C,1]
             bg = torch.cat([bg[..., :-1], torch.zeros_like(bg_depth)], -1)
+    try:
+        return _rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
+                          far_plane, eps2d, render_mode, rasterize_mode, bg, bg_depth, tile_size)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+            raise
+        B = f"{means.shape[0]} scenes x " if means.dim() == 3 else ""
+        msg = (f"rasterize: out of memory rendering {B}{means.shape[-2]} Gaussians x {viewmats.shape[-3]} cameras "
+               f"at {width}x{height} on {means.device}: {str(exc).splitlines()[0]}")
+        raise (torch.OutOfMemoryError(msg) if isinstance(exc, torch.OutOfMemoryError) else RuntimeError(msg)) from exc
+
+
+def _rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane, eps2d,
+               render_mode, rasterize_mode, bg, bg_depth, tile_size):
+    """The body of :func:`rasterize` after validation (its OOM errors get the render's size added)."""
     # The ops take the tensors batched ([B,...]) or not, as given: no reshapes on the way in or out.
     batched = means.dim() == 3
     means2d, depths, conics, opac2d, radii, tiles = _project(

@@ -336,3 +336,24 @@ def test_raw_project_op_rejects_huge_image():
             torch.eye(4)[None], torch.tensor([[[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]]))
     with pytest.raises((ValueError, RuntimeError), match="width and height must be <= 32768"):
         torch.ops.ffavatar.rasterize_project(*args, 2**32 + 16, 16, 0.01, 1e10, 0.3, False, 16)
+
+
+@pytest.mark.parametrize("kind", ["cuda_oom", "cpu_alloc"])
+def test_out_of_memory_names_the_size(monkeypatch, kind):
+    """An allocation failure inside the ops comes out as the same error type with the render's size."""
+    r = sys.modules["ffavatar_kernels.rasterize"]   # (the package attribute is the function)
+    s = _scene()
+
+    def fail(*args, **kw):
+        if kind == "cuda_oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: ...")
+    monkeypatch.setattr(r, "_bin", fail)
+    err = torch.OutOfMemoryError if kind == "cuda_oom" else RuntimeError
+    with pytest.raises(err, match=r"out of memory rendering 20 Gaussians x 2 cameras at 24x16 on cpu"):
+        fk.rasterize(s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], s["viewmats"], s["Ks"],
+                     24, 16)
+    monkeypatch.setattr(r, "_bin", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other failure")))
+    with pytest.raises(RuntimeError, match="^other failure$"):   # other errors pass through untouched
+        fk.rasterize(s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], s["viewmats"], s["Ks"],
+                     24, 16)
