@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 RUN=${RUN:-.runs/default_small}
-STAGES=${STAGES:-"eval train_step animate bench_pers personalize host"}
+STAGES=${STAGES:-"eval train_step animate bench_pers personalize host long"}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
 stamp() { echo "== $(date +%T) $*"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -55,6 +55,11 @@ fi
 if [[ $STAGES == *host* ]]; then
   stamp "host overhead (eager vs graph replay)"
   timeout 90 "$PY" scripts/host_overhead.py --cuda 2>&1 | tee "$OUT/host_overhead.log" | tail -25
+fi
+if [[ $STAGES == *long* ]]; then
+  stamp "long runs (engine frames, personalization steps, big renders)"
+  timeout ${LONG_TIMEOUT:-200} "$PY" scripts/long_runs.py --frames ${FRAMES:-100000} --steps ${PSTEPS:-5000} \
+    --json "$OUT/long_runs.json" 2>&1 | tee "$OUT/long_runs.log" | tail -6
 fi
 cp "$RUNABS/metrics.jsonl" "$OUT/" 2>/dev/null
 ( cd "$OUT" && rest=$(ls | grep -v -e '^default_small.safetensors$' -e '^all.tgz$') && tar czf all.tgz $rest && rm -rf $rest )
