@@ -118,7 +118,11 @@ def canonical_gaussians(model: FlameModel, levels: int = 2, *, opacity: float = 
     w = w.to(dt)
     means = anchor_points(vt, idx, w)                                 # [N,3]
     N = means.shape[0]
-    normals = vertex_normals(means, faces)
+    # Smooth normals: the base mesh's vertex normals blended with the anchor weights (Phong-style). The
+    # subdivided surface is flat over each base face, so its own normals are constant per base face
+    # and the lighting showed the base mesh's rows as bands and streaks.
+    normals = anchor_points(vertex_normals(vt, model.faces.long()), idx, w)
+    normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-20)
     # orphan points (in no face) get a radial normal
     bad = normals.norm(dim=-1) < 0.5
     if bool(bad.any()):
