@@ -110,6 +110,31 @@ def test_canonical_gaussians():
     assert 0.2 < (g.scales[f[:, 0], 0] / e.norm(dim=1)).median() < 2
 
 
+
+def test_canonical_normals_are_smooth():
+    """The normal axes interpolate the base mesh's vertex normals: at the base vertices they are those
+    normals, and across the subdivided faces they turn gradually (the subdivided surface is flat per
+    base face, so its own facet normals would jump at every base edge and light the head in bands)."""
+    from ffavatar.flame.gaussians import vertex_normals
+    m = synthetic_head()
+    g = canonical_gaussians(m)
+    n = quat_to_matrix(g.quats)[:, :, 2]
+    V = m.num_vertices
+    vn = vertex_normals(m.v_template, m.faces.long())
+    ok = vn.norm(dim=1) > 0.5
+    assert ((n[:V][ok] * vn[ok]).sum(1) > 1 - 1e-4).all()
+    # adjacent Gaussians: the angle between their normals is small everywhere but at creases
+    f = g.faces
+    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    ang = torch.rad2deg(torch.arccos((n[edges[:, 0]] * n[edges[:, 1]]).sum(1).clamp(-1, 1)))
+    flat = vertex_normals(g.means, f)            # the subdivided surface's own normals (facet-like)
+    ang_flat = torch.rad2deg(torch.arccos((flat[edges[:, 0]] * flat[edges[:, 1]]).sum(1).clamp(-1, 1)))
+    # facet normals: neighbours inside a base face are parallel (a third of all pairs); smooth ones
+    # turn between any two neighbours
+    assert (ang_flat < 0.05).float().mean() > 0.25
+    assert (ang < 0.05).float().mean() < 0.1
+
+
 def test_cameras():
     eye = torch.randn(5, 3, dtype=torch.float64) + torch.tensor([0, 0, 3.0], dtype=torch.float64)
     tgt = torch.randn(5, 3, dtype=torch.float64) * 0.1
