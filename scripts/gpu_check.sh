@@ -23,13 +23,18 @@ stamp() { echo "== $(date +%T) $*"; }
 stamp "device"; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
 "$PY" -c "import torch,triton;print('torch',torch.__version__,'cuda',torch.version.cuda,'triton',triton.__version__)" | tee -a "$OUT/gpu.txt"
 
-if ls .whl/*.whl >/dev/null 2>&1; then
+# NO_GSPLAT=1: leave the gsplat wheel out (its JIT build takes minutes; its comparisons then skip).
+# A carried ffavatar wheel is never installed here (scripts/gpu_install.sh installs it).
+wheels=$(ls .whl/*.whl 2>/dev/null | grep -v '/ffavatar-' | { [ "${NO_GSPLAT:-0}" = 1 ] && grep -v '/gsplat-' || cat; })
+if [ -n "$wheels" ]; then
   stamp "install carried wheels"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  # JIT-build gsplat's CUDA backend in the background while we build ours.
-  ( "$PY" -c "from gsplat.cuda._backend import _C; print('gsplat backend', _C is not None)" > "$OUT/gsplat_build.log" 2>&1 ) &
-  gsplat_pid=$!
+  if echo "$wheels" | grep -q '/gsplat-'; then
+    # JIT-build gsplat's CUDA backend in the background while we build ours.
+    ( "$PY" -c "from gsplat.cuda._backend import _C; print('gsplat backend', _C is not None)" > "$OUT/gsplat_build.log" 2>&1 ) &
+    gsplat_pid=$!
+  fi
 fi
 
 if [[ $STAGES == *build* ]]; then
