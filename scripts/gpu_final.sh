@@ -56,6 +56,15 @@ if [[ $STAGES == *host* ]]; then
   stamp "host overhead (eager vs graph replay)"
   timeout 90 "$PY" scripts/host_overhead.py --cuda 2>&1 | tee "$OUT/host_overhead.log" | tail -25
 fi
+if [[ $STAGES == *attn5k* ]]; then
+  # A/B: the 5,023-query cross-attention (1 view: below the autotune threshold, a fixed config) with
+  # the default policy and with FFAVATAR_ATTN_AUTOTUNE=1, each beside cuDNN SDPA in its process
+  for at in default 1; do
+    stamp "bench: cross_attention 5,023 queries, autotune=$at"
+    ( [ $at = 1 ] && export FFAVATAR_ATTN_AUTOTUNE=1; timeout ${ATTN_TIMEOUT:-150} "$PY" -m pytest benchmarks/bench_cross_attention.py \
+      -q -s -p no:cacheprovider -k "(test_cross_attention and 5023-1-) or summary" 2>&1 | tee "$OUT/attn5k_$at.log" | tail -14 )
+  done
+fi
 if [[ $STAGES == *long* ]]; then
   stamp "long runs (engine frames, personalization steps, big renders)"
   timeout ${LONG_TIMEOUT:-200} "$PY" scripts/long_runs.py --frames ${FRAMES:-100000} --steps ${PSTEPS:-5000} \
