@@ -179,3 +179,41 @@ def test_graph_capacity_overflow_recaptures(head):
     eng.render(viewmats=near)
     assert eng.captures == 2                        # and captured again with room for it
     assert (eng.render(viewmats=near) - want).abs().max().item() < 1e-4
+
+
+class _FakeGraph:
+    """Stands in for a captured CUDA graph on the CPU: its replay writes what the test says."""
+
+    def __init__(self, eng, garbage=False, overflow=False):
+        self.eng, self.garbage, self.overflow = eng, garbage, overflow
+
+    def replay(self):
+        if self.garbage:
+            self.eng._out.fill_(0.5)
+        else:
+            self.eng._compute()
+        self.eng._overflow.fill_(self.overflow)
+
+
+def test_replay_checks_on_cpu(head):
+    """The engine's bookkeeping around a replay, with a stand-in graph: the first replay after a
+    capture is checked against an eager render (a wrong one turns the graph off with a warning); a
+    capacity overflow renders the batch again eagerly and asks for a new capture."""
+    m, g = head
+    a = _random_avatar(m, g, residuals=False)
+    expr, pose = _motion(m, 2)
+    want = AnimationEngine(a, m, SIZE, SIZE, batch=2).render(expr, pose)
+
+    eng = AnimationEngine(a, m, SIZE, SIZE, batch=2)
+    eng._want_graph, eng._graph, eng._verify_next = True, _FakeGraph(eng, garbage=True), True
+    with pytest.warns(RuntimeWarning, match="differ from the eager render"):
+        got = eng.render(expr, pose)
+    assert (got - want).abs().max() < 1e-4 and not eng.uses_graph and eng._graph is None
+
+    eng = AnimationEngine(a, m, SIZE, SIZE, batch=2)
+    eng._want_graph, eng._graph = True, _FakeGraph(eng, garbage=True, overflow=True)
+    got = eng.render(expr, pose)                     # overflow: rendered again, the graph dropped
+    assert (got - want).abs().max() < 1e-4 and eng._graph is None and eng.uses_graph
+    with pytest.warns(RuntimeWarning, match="capturing the CUDA graph failed"):
+        got = eng.render(expr, pose)                 # the new capture fails on the CPU: eager from now on
+    assert (got - want).abs().max() < 1e-4 and not eng.uses_graph

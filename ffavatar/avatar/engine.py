@@ -67,11 +67,14 @@ class AnimationEngine:
         backend: from :func:`ffavatar.render.select_backend` (default: chosen for the device).
         graph: ``"auto"`` (capture on CUDA when the compiled kernels render; if capturing fails, warn
             and run eagerly), ``True`` (capture or raise) or ``False`` (always eager).
+        verify: after each capture, check the first replay against the same batch rendered eagerly
+            (one eager batch per capture); a mismatch turns the graph off with a warning
+            (``graph=True``: raises).
     """
 
     def __init__(self, avatar, model: FlameModel, width: int, height: int, *, viewmat=None, K=None, batch: int = 1,
                  background=(0.0, 0.0, 0.0), lit: bool = False, backend: Optional[Backend] = None,
-                 graph="auto"):
+                 graph="auto", verify: bool = True):
         # duck-typed: avatar.py sits above this module (Avatar.engine builds engines)
         if not all(hasattr(avatar, n) for n in ("effective", "check_model", "_frames", "betas_shape")):
             raise TypeError(f"AnimationEngine: avatar expected an Avatar, got {type(avatar).__name__}")
@@ -127,6 +130,8 @@ class AnimationEngine:
                              f"({self.backend.description})")
         self._strict = graph is True
         self._graph: Optional[torch.cuda.CUDAGraph] = None
+        self.verify = bool(verify)
+        self._verify_next = False
         self.captures = 0          # graphs captured (a capacity overflow captures again)
         self.replays = 0
 
@@ -220,6 +225,7 @@ class AnimationEngine:
             self._compute()
         self._graph = g
         self.captures += 1
+        self._verify_next = self.verify
 
     def _run_batch(self) -> None:
         if self._want_graph and self._graph is None:
@@ -231,7 +237,8 @@ class AnimationEngine:
                 warnings.warn(f"AnimationEngine: capturing the CUDA graph failed, rendering eagerly: "
                               f"{str(exc).splitlines()[0]}", RuntimeWarning, stacklevel=3)
                 self._want_graph = False
-                torch.cuda.synchronize(self.device)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize(self.device)
         if self._graph is None:
             self._compute()
             return
@@ -240,6 +247,23 @@ class AnimationEngine:
         if bool(self._overflow):                       # more intersections than the captured capacity:
             self._compute()                            # this batch again, the exact way (raises the guess)
             self._graph = None                         # and a new capture at the next call
+        elif self._verify_next:
+            self._verify_next = False
+            self._check_replay()
+
+    def _check_replay(self) -> None:
+        """After a capture: the replayed frames against the same batch rendered eagerly; a mismatch
+        (a defect) turns the graph off, with a warning, rather than passing wrong frames on."""
+        replayed = self._out.clone()
+        self._compute()
+        err = (replayed - self._out).abs().max().item()
+        if err > 1e-3:
+            msg = (f"AnimationEngine: the CUDA graph's frames differ from the eager render by {err:.3g}; "
+                   f"rendering eagerly from now on (please report this)")
+            if self._strict:
+                raise RuntimeError(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            self._want_graph, self._graph = False, None
 
     # ------------------------------------------------------------------------------ public
     @torch.no_grad()
