@@ -30,7 +30,14 @@ def jaw_weight(lay: S.HeadLayout) -> np.ndarray:
     # fade out from the chin into the under-chin and the neck
     down = 1.0 - _ss(-0.135, -0.165, v[:, 1]) * 0 - _ss(0.0, 1.0, (v[:, 2] < 0.035) * (lay.mouth_y - 0.04 - v[:, 1]) / 0.03)
     w[below] = (lateral * np.clip(down, 0, 1))[below]
-    # a softer blend on the two rows right above the corners' height on the cheeks
+    # Beside the mouth slit the lower face is not cut from the upper one: there the weight rises
+    # smoothly over 3 cm below the mouth line, so opening the jaw stretches the cheeks beside the
+    # corners evenly instead of tearing the rows at the mouth's height apart (which showed as dark
+    # stripes at the corners in profile). Between the corners the split stays sharp (the lips part).
+    corner = np.abs(v[lay.lip_side != 0, 0]).max()
+    side = _ss(corner - 0.012, corner + 0.008, np.abs(v[:, 0]))              # 0 mid-slit, 1 beside it
+    soft = lateral * np.clip(down, 0, 1) * _ss(lay.mouth_y + 0.002, lay.mouth_y - 0.03, v[:, 1])
+    w[skin] = ((1 - side) * w + side * soft)[skin]
     cav = lay.part == 6
     w[cav] = _ss(0.25, 0.6, lay.cavity_t[cav])
     return w
