@@ -26,7 +26,7 @@ if ls "$RUN"/checkpoint.part* >/dev/null 2>&1; then
   cat "$RUN"/checkpoint.part* > "$RUN/checkpoint.safetensors" && rm -f "$RUN"/checkpoint.part*
 fi
 mkdir -p "$RUN"; RUN=$(cd "$RUN" && pwd)
-RESERVE=$(( ${EVAL:-0} == 1 ? 90 : 0 ))   # EVAL=1: export + evaluate after training
+RESERVE=$(( (${EVAL:-0} == 1 ? 90 : 0) + ${POST_S:-0} ))   # EVAL=1: export + evaluate after training; POST_S: for POST
 left=$(( ${DEADLINE:-560} - ($(date +%s) - T0) - 45 - RESERVE ))
 [ "$left" -lt "$TRAIN_S" ] && TRAIN_S=$left
 [ "$TRAIN_S" -lt 30 ] && { echo "no time left to train"; TRAIN_S=30; }
@@ -60,6 +60,11 @@ if [ "${EVAL:-0}" = 1 ]; then
     && timeout $(( ${DEADLINE:-560} - ($(date +%s) - T0) - 15 )) "$PY" scripts/eval_default.py --weights "$OUT/default_small.safetensors" \
        --identities ${IDS:-16} --personalize ${PERS:-2} --json "$OUT/eval.json" ) > "$OUT/eval.log" 2>&1
   tail -8 "$OUT/eval.log"
+fi
+if [ -n "${POST:-}" ]; then   # POST: a command run after training (e.g. a benchmark on the quiet GPU)
+  stamp "post: $POST"
+  timeout $(( ${DEADLINE:-560} - ($(date +%s) - T0) - 10 )) bash -c "$POST" > "$OUT/post.log" 2>&1; echo "post rc=$?"
+  tail -${POST_TAIL:-20} "$OUT/post.log"
 fi
 split -b 15M -d "$RUN/checkpoint.safetensors" "$OUT/checkpoint.part"
 cp "$RUN/metrics.jsonl" "$OUT/"; cp $(ls "$RUN"/eval_*.png 2>/dev/null | tail -2) "$OUT/" 2>/dev/null
