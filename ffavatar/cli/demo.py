@@ -125,12 +125,13 @@ def _avatar_batches(args, device: str, backend, batch: int):
     expr = betas[:, model.n_shape:].contiguous()
     views, K = orbit(args.frames, device=device), intrinsics(S, S, 22.0, device=device)
 
+    # the animation engine: on CUDA the frames are replayed from a CUDA graph
+    engine = avatar.engine(model, S, S, K=K, batch=batch, backend=backend, background=data.config.background)
+
     def gen():
         for s in range(0, args.frames, batch):
             e = min(args.frames, s + batch)
-            with torch.no_grad():
-                imgs = avatar.render(model, views[s:e], K, S, S, expr[s:e], pose[s:e], backend=backend,
-                                     background=data.config.background)
+            imgs = engine.render(expr[s:e], pose[s:e], viewmats=views[s:e], copy=False)
             yield torch.cat([grid.expand(e - s, S, S, 3), imgs], 2)
     what = (f"an unseen synthetic identity, 4 views of {sample.images.shape[-1]} px -> the shipped network "
             f"({net.preset.name}, {rec_ms:.0f} ms) -> {avatar.num_gaussians} Gaussians, animated")
