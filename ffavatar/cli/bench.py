@@ -83,6 +83,24 @@ def run(args) -> int:
     dt = time.perf_counter() - t
     rows.append(("animate", f"{n} frames {size}x{size}, batches of {batch} (skin + render)",
                  f"{_fmt_ms(dt / n)}/frame", f"{n / dt:,.1f} FPS"))
+    if cuda:   # the same work replayed from the AnimationEngine's CUDA graph (the mean-head avatar)
+        from ..avatar import Avatar
+        from ..flame.motion import motion_script
+        from ..geometry import orbit
+        eng = Avatar.from_canonical(model, gaussians).engine(model, size, size, batch=batch, lit=True,
+                                                             backend=backend)
+        betas, pose = motion_script(frames, model.n_shape, model.n_expr, num_joints=model.num_joints,
+                                    device=device)
+        expr, views = betas[:, model.n_shape:].contiguous(), orbit(frames, device=device)
+        eng.render(expr[:batch], pose[:batch], viewmats=views[:batch])      # capture
+        sync()
+        t = time.perf_counter()
+        for s0 in range(0, frames, batch):
+            eng.render(expr[s0:s0 + batch], pose[s0:s0 + batch], viewmats=views[s0:s0 + batch], copy=False)
+        sync()
+        dt = time.perf_counter() - t
+        rows.append(("animate (graph)", f"the same from a CUDA graph ({'on' if eng.uses_graph else 'off'})",
+                     f"{_fmt_ms(dt / frames)}/frame", f"{frames / dt:,.1f} FPS"))
 
     # reconstruction from `views` synthetic views of the head at the preset's input size
     preset = get_preset(args.preset)
