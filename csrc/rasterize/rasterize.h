@@ -123,7 +123,7 @@ cudaError_t launch_scan_counts(void* temp, size_t* temp_bytes, const int32_t* co
 // offsets [M*N] i32 (steps 2 and 3) -> keys, values [capacity]. Writes only slots k in [0, capacity):
 // intersection k goes to slot k (k < the count, the last offset); capacity may be below the count (a
 // speculative buffer; the rest is not emitted) or above it (sentinels: the keys past the count are
-// set to all ones, their values left as they are; else those slots are left as they are).
+// set to all ones, their values to -1; else those slots are left as they are).
 // sort != nullptr (sort->n == capacity): also the digit offsets of the tile sort, as launch_depth_keys.
 cudaError_t launch_emit_keys(const float* means2d, const int32_t* radii, const float* conics, const float* opac2d,
                              const int32_t* order, const int32_t* offsets, const Dims& d, uint32_t* keys,

@@ -106,9 +106,9 @@ __global__ void __launch_bounds__(kKeyThreads) depth_keys_kernel(const float* __
 
 // Pairs in depth order (grid-stride): the pair's tiles (the same tight test as the count, bit for
 // bit: no FMA contraction) as keys (image << tile_bits | tile) at its slots of the scan. sentinels:
-// the key slots [count, capacity) are set to all ones as well. count: the digit counts of the
-// keys written (every slot of [0, capacity) once when the scan is sound) for the tile sort, as
-// depth_keys_kernel does.
+// the key slots [count, capacity) are set to all ones (their values to -1) as well. count: the digit
+// counts of the keys written (every slot of [0, capacity) once when the scan is sound) for the tile
+// sort, as depth_keys_kernel does.
 constexpr int kEmitThreads = 256;
 constexpr int kEmitBlocks = 528;  // at most: ~4 per SM of an H200; few global adds per digit
 
@@ -128,8 +128,11 @@ __global__ void __launch_bounds__(kEmitThreads) emit_keys_kernel(
     if (sentinels && blockIdx.x == 0 && tid == 0 && c < capacity)
       count_digits(hist, ~0u, st, (uint32_t)(capacity - (c < 0 ? 0 : c)));
   }
-  if (sentinels)
-    for (int64_t k = (c < 0 ? 0 : c) + i0; k < capacity; k += stride) keys[k] = ~0u;
+  if (sentinels)  // values too: the sort moves them (compute-sanitizer initcheck flagged the reads)
+    for (int64_t k = (c < 0 ? 0 : c) + i0; k < capacity; k += stride) {
+      keys[k] = ~0u;
+      values[k] = -1;
+    }
   for (int64_t s = i0; s < MN; s += stride) {
     const int64_t k_end = offsets[s];  // inclusive scan in depth order
     int64_t k = s > 0 ? (int64_t)offsets[s - 1] : 0;

@@ -237,7 +237,7 @@ class AnimationEngine:
                 warnings.warn(f"AnimationEngine: capturing the CUDA graph failed, rendering eagerly: "
                               f"{str(exc).splitlines()[0]}", RuntimeWarning, stacklevel=3)
                 self._want_graph = False
-                if torch.cuda.is_available():
+                if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
         if self._graph is None:
             self._compute()
