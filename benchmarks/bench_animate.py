@@ -33,12 +33,17 @@ def _bench(benchmark, scene, backend, B):
                                 lbs_args=args)
         torch.cuda.synchronize()
         return img
+    _time(benchmark, run, B, g.num_gaussians, backend.description)
+
+
+def _time(benchmark, run, B, gaussians, description):
+    """Check one call of ``run`` (B frames), time it (20 rounds, median) and record FPS."""
     img = run()
     assert img.shape == (B, SIZE, SIZE, 3) and torch.isfinite(img).all()
     benchmark.pedantic(run, rounds=20, warmup_rounds=3, iterations=1)
     t = benchmark.stats.stats.median
-    benchmark.extra_info.update(frames=B, gaussians=g.num_gaussians, size=SIZE,
-                                ms_per_frame=1e3 * t / B, fps=B / t, backend=backend.description)
+    benchmark.extra_info.update(frames=B, gaussians=gaussians, size=SIZE, ms_per_frame=1e3 * t / B, fps=B / t,
+                                backend=description)
 
 
 @pytest.mark.cuda
@@ -70,10 +75,5 @@ def test_animate_ours_graph(benchmark, scene, B):
         img = eng.render(expr[:B], pose[:B], viewmats=views[:B], copy=False)
         torch.cuda.synchronize()
         return img
-    img = run()
-    assert img.shape == (B, SIZE, SIZE, 3) and torch.isfinite(img).all()
-    benchmark.pedantic(run, rounds=20, warmup_rounds=3, iterations=1)
-    t = benchmark.stats.stats.median
+    _time(benchmark, run, B, g.num_gaussians, "AnimationEngine (CUDA graph)")
     assert eng.captures == 1
-    benchmark.extra_info.update(frames=B, gaussians=g.num_gaussians, size=SIZE, ms_per_frame=1e3 * t / B,
-                                fps=B / t, backend="AnimationEngine (CUDA graph)")

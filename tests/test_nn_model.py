@@ -46,7 +46,8 @@ def test_varlen_batch_equals_one_by_one(tiny):
             assert t.shape == _fields(b)[k].shape, k
             assert _rel(_fields(b)[k], t) < 1e-5, k
     # different inputs give different avatars (the model reads its images)
-    assert _rel(batched[0].colors, batched[1].colors) > 1e-6   # other views, other avatar (random weights: small)
+    # (the offsets: a random decoder's colours start at the head's and differ by only ~1e-4)
+    assert _rel(batched[0].offsets, batched[1].offsets) > 1e-2
 
 
 def test_estimate_flame(tiny):

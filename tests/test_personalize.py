@@ -132,7 +132,7 @@ def test_shape_refinement(head):
     held = _views(m, target, [-0.4, 0.45])
     rates = {k: 0.0 for k in DEFAULT_LR}
     rates["shape"] = 0.1
-    out, hist = personalize(a, m, v.images, v.viewmats, v.Ks, v.expression, steps=20, lr=rates, refine_shape=8,
+    out, hist = personalize(a, m, v.images, v.viewmats, v.Ks, v.expression, steps=40, lr=rates, refine_shape=8,
                             progress=False, eval_views=held, eval_every=20)
     assert out.betas_shape.shape == (m.n_shape,) and out.betas_shape[8:].abs().max().item() == 0
     assert a.betas_shape.abs().max().item() == 0                      # the input avatar is not modified
@@ -143,9 +143,9 @@ def test_shape_refinement(head):
         return torch.einsum("nkc,c->nk", dirs, b[:8] - target.betas_shape[:8]).pow(2).mean().sqrt().item()
 
     err0, err1 = err(a.betas_shape), err(out.betas_shape)
-    # 20 steps leave poorly seen directions half fitted: over seeds err1 / err0 is 0.15-0.55, with a tail
-    # to 0.81 (CI, 2026-12-08); the test asks for a clear fall, the PSNR check above for the fit
-    assert err1 < 0.9 * err0, (err0, err1)
+    # 40 steps (20 left poorly seen directions half fitted: err1 / err0 up to 0.81 in one CI run); over
+    # 12 seeds at 40 steps the ratio is 0.02-0.22
+    assert err1 < 0.75 * err0, (err0, err1)
 
 
 def test_image_layouts(head):
