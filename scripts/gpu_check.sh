@@ -50,7 +50,8 @@ fi
 [ -n "${gsplat_pid:-}" ] && { wait "$gsplat_pid"; tail -2 "$OUT/gsplat_build.log"; }
 
 # Run tests and benchmarks from a copy without the source packages, so the installed build is used.
-RUN=/tmp/ffa_run; rm -rf "$RUN"; mkdir -p "$RUN"; cp -r tests benchmarks pyproject.toml "$RUN"/
+# CHECK_DIR: another folder for a second gpu_check.sh running beside this one.
+RUN=${CHECK_DIR:-/tmp/ffa_run}; rm -rf "$RUN"; mkdir -p "$RUN"; cp -r tests benchmarks pyproject.toml "$RUN"/
 [ -d scripts ] && cp -r scripts "$RUN"/
 cd "$RUN"
 

@@ -71,5 +71,5 @@ if [[ $STAGES == *long* ]]; then
     --json "$OUT/long_runs.json" 2>&1 | tee "$OUT/long_runs.log" | tail -6
 fi
 cp "$RUNABS/metrics.jsonl" "$OUT/" 2>/dev/null
-( cd "$OUT" && rest=$(ls | grep -v -e '^default_small.safetensors$' -e '^all.tgz$') && tar czf all.tgz $rest && rm -rf $rest )
+( cd "$OUT" && rest=$(ls | grep -v -e '^default_small.safetensors$' -e '^all.tgz$' -e '\.part[0-9]*$') && tar czf all.tgz $rest && rm -rf $rest )
 stamp "done: $(ls "$OUT" | tr '\n' ' ')"

@@ -4,7 +4,7 @@
 #   RUN=.runs/default_small TRAIN_S=420 bash scripts/gpu_train.sh     # on the device, repo root
 #
 # Installs the wheels carried in .whl/ (a prebuilt ffavatar wheel among them, else it builds one and
-# returns it under $OUT/wheel so the next call skips the build), reassembles a checkpoint carried in
+# returns it in parts: scripts/gpu_install.sh), reassembles a checkpoint carried in
 # parts (device calls return files up to 16 MiB), trains CONFIG for TRAIN_S seconds (the loop then
 # checkpoints and exits) while EXTRA (a command, e.g. the cuda tests) runs beside it, and returns
 # the checkpoint split into 15 MiB parts plus the run's metrics and evaluation grids (train.tgz).
@@ -68,6 +68,6 @@ if [ -n "${POST:-}" ]; then   # POST: a command run after training (e.g. a bench
 fi
 split -b 15M -d "$RUN/checkpoint.safetensors" "$OUT/checkpoint.part"
 cp "$RUN/metrics.jsonl" "$OUT/"; cp $(ls "$RUN"/eval_*.png 2>/dev/null | tail -2) "$OUT/" 2>/dev/null
-# at most 8 files come back: the wheel and the checkpoint parts stand alone, the rest in one archive
-( cd "$OUT" && rest=$(ls | grep -v -e '^wheel$' -e '^checkpoint.part' -e '^all.tgz$' -e '^default_small.safetensors$') && tar czf all.tgz $rest && rm -rf $rest )
+# at most 8 files come back: the wheel and checkpoint parts stand alone, the rest in one archive
+( cd "$OUT" && rest=$(ls | grep -v -e '\.part[0-9]*$' -e '^all.tgz$' -e '^default_small.safetensors$') && tar czf all.tgz $rest && rm -rf $rest )
 stamp "done: $(ls "$OUT" | tr '\n' ' ')"
