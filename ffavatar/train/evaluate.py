@@ -4,6 +4,7 @@ beat, and a picture grid PNG (row 1: the inputs, row 2: targets, row 3: predicti
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -55,12 +56,21 @@ def evaluate(model, data: SyntheticHeads, objective: FewToManyObjective, *, samp
                 p_mean += float(psnr(base_img, truth).sum())
             n_img += pred.shape[0]
             if i == 0 and out_dir is not None:
-                import imageio.v2 as imageio
                 grid = picture_grid(s.images, truth, pred, columns=max(views, min(8, pred.shape[0])))
-                imageio.imwrite(os.path.join(out_dir, f"eval_{step:07d}.png"), grid.numpy())
+                _write_grid(os.path.join(out_dir, f"eval_{step:07d}.png"), grid)
     finally:
         base.train(was_training)
     out = {"eval/psnr": p_sum / n_img, "eval/ssim": s_sum / n_img}
     if hasattr(data, "identity"):
         out["eval/psnr_mean_head"] = p_mean / n_img
     return out
+
+
+def _write_grid(path: str, grid: torch.Tensor) -> None:
+    """Write the evaluation picture; a machine that cannot (no PNG writer installed, a full disk)
+    gets a warning, not a stopped training run: the figures are already in the metrics."""
+    try:
+        import imageio.v2 as imageio
+        imageio.imwrite(path, grid.numpy())
+    except Exception as e:  # noqa: BLE001 - any writer failure: warn and go on
+        warnings.warn(f"evaluation picture {path} not written: {type(e).__name__}: {e}", RuntimeWarning)
