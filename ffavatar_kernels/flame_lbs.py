@@ -26,6 +26,11 @@ anchors were checked before (same objects, same versions) takes the fast path of
 products and joint weights); the others run the detailed checks. The ops run below the Autograd key
 when no gradient is needed, else as one autograd node per call (``_flame_lbs_autograd.py``).
 
+Deterministic mode: under ``torch.use_deterministic_algorithms(True)`` a CUDA call that needs a
+gradient runs as PyTorch operations (``_lbs_deterministic.py``) instead of the kernels, whose
+backward adds with float atomics; its gradients are then bit-for-bit repeatable. Calls without a
+gradient (animation) and CPU calls run the kernels as always (both deterministic).
+
 Input checks cost no host sync, except ``parents`` given as a CUDA tensor: it is read (and
 validated) once per tensor object and cached. Indices in ``anchor_idx`` are range-checked on the
 CPU only (on CUDA the check would cost a host sync per call).
@@ -39,6 +44,7 @@ import torch
 from . import _env, _ext
 from . import _flame_lbs_autograd as _ag
 from . import _flame_lbs_fast as _fast
+from . import _lbs_deterministic as _det
 from ._api import public_op
 from ._validate import check_tensor
 
@@ -346,6 +352,8 @@ def _run_lbs(args):
     if torch.compiler.is_compiling():
         return _lbs_ops(*args)
     if _needs_grad(args, _ag.LBS_GRAD_INPUTS):
+        if _det.active(args[0]):  # torch.use_deterministic_algorithms(True): no float atomics
+            return _det.lbs(*args)
         return _ag.LbsFn.apply(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return _lbs_ops(*args)
@@ -358,6 +366,8 @@ def _run_skin(args):
     if torch.compiler.is_compiling():
         return _skin_ops(*args)
     if _needs_grad(args, _ag.SKIN_GRAD_INPUTS):
+        if _det.active(args[0]):  # torch.use_deterministic_algorithms(True): no float atomics
+            return _det.skin(*args)
         return _ag.SkinFn.apply(*args)
     betas, pose, Jt, Jd, par, vt, sd, pd, W, idx, aw, off, q, means_only, wg = args
     with torch._C._AutoDispatchBelowAutograd():

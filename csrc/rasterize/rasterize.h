@@ -158,12 +158,27 @@ struct GradStrides {
 };
 // Zero four float buffers (p[b] of n[b] elements) in one launch: the render backward's gradients.
 cudaError_t launch_zero4(float* const p[4], const int64_t n[4], cudaStream_t stream);
+// Deterministic accumulation (torch.use_deterministic_algorithms(True)): the backward runs twice.
+// Pass 1 adds the gradients with float atomics as usual and records, per gradient buffer (kind 0..3:
+// means2d, conics, opacities, colours), the largest |warp sum| it added (float bits, atomicMax).
+// Pass 2 adds every warp sum again as a 64-bit fixed-point integer, round(v * 2^(kFixedBits - e))
+// with max|v| < 2^e: integer addition is associative, so the totals do not depend on the order of
+// the atomics. |each term| < 2^kFixedBits and at most 2^(62 - kFixedBits) terms reach one element,
+// so no sum overflows; the resolution is 2^-kFixedBits of the largest term of the buffer. The host
+// scales the integers back (a buffer whose largest term is not finite keeps pass 1's floats).
+constexpr int kFixedBits = 38;
+struct DetAccum {
+  int pass;                    // 1 or 2 (the non-deterministic kernels ignore the struct)
+  int* maxbits;                // [4] float bits of the largest |term| per kind (pass 1 writes, 2 reads)
+  unsigned long long* fx[4];   // pass 2: fixed-point twins of v_means2d, v_conics, v_opac2d, v_colors
+};
+// det: nullptr for the usual float atomics (order-dependent rounding), else one pass of the above.
 cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,
                               int64_t n_isects, const Dims& d, const Split& sp, const float* final_Ts,
                               const int32_t* last_ids, const float* v_colors_out, const float* v_alphas_out,
                               GradStrides gs, float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
-                              cudaStream_t stream);
+                              const DetAccum* det, cudaStream_t stream);
 #endif
 
 // Number of bits needed for values in [0, n): at least 1.

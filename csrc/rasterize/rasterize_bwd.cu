@@ -98,8 +98,27 @@ constexpr int rs_head(int nv) {
 template <int CH>
 constexpr int kBwdMaxRegs = CH <= 3 ? 48 : CH == 4 ? 56 : 255;
 
-template <int CH>
-__global__ void __maxnreg__(kBwdMaxRegs<CH>)
+// Deterministic mode (DetAccum, rasterize.h): where the kernel adds a warp sum v to element e of
+// gradient buffer `kind`. Pass 1: the float atomic plus the block's running max |v| (shared, flushed
+// to the global max once per block: 4 global addresses would serialize millions of atomics); pass 2:
+// the fixed-point atomic (skipped for a kind whose max is not finite: the host keeps pass 1's floats).
+__device__ __forceinline__ void det_add(const DetAccum& det, int* s_max, int kind, float* base, int64_t e,
+                                        float v) {
+  if (det.pass == 1) {
+    atomicAdd(base + e, v);
+    atomicMax(s_max + kind, __float_as_int(fabsf(v)));  // non-negative floats order as their bits
+  } else if (v != 0.f) {
+    const float m = __int_as_float(det.maxbits[kind]);
+    if (!(m <= 3.402823466e38f)) return;  // NaN / Inf somewhere: pass 1's result stands
+    int ex;
+    frexpf(m, &ex);  // m < 2^ex, and |v| <= m
+    const long long q = __double2ll_rn(ldexp((double)v, kFixedBits - ex));
+    atomicAdd(det.fx[kind] + e, (unsigned long long)q);  // two's complement: signed sums wrap right
+  }
+}
+
+template <int CH, bool DET>
+__global__ void __maxnreg__(DET ? 255 : kBwdMaxRegs<CH>)
     render_bwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
                                   const float* __restrict__ opac2d, const float* __restrict__ colors,
                                   const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
@@ -108,7 +127,7 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>)
                                   const int32_t* __restrict__ last_ids, const float* __restrict__ v_out_c,
                                   const float* __restrict__ v_out_a, GradStrides gs, float* __restrict__ v_means2d,
                                   float* __restrict__ v_conics, float* __restrict__ v_opac2d,
-                                  float* __restrict__ v_colors) {
+                                  float* __restrict__ v_colors, DetAccum det) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int nt = blockDim.x;
   int32_t* s_id = reinterpret_cast<int32_t*>(smem);
@@ -117,6 +136,7 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>)
   float* s_col = reinterpret_cast<float*>(s_con + nt);  // [nt, CH]
   // in the dynamic buffer too (no static shared memory): the launch's opt-in test sees all of it
   int& s_maxlast = *reinterpret_cast<int*>(s_col + nt * CH);
+  int* const s_max = &s_maxlast + 1;  // [4] (deterministic pass 1 only; shmem_bytes<CH, true> has room)
 
   BlockTile bt;
   if (!block_tile(sp, d, tile_offsets, n_isects, bt)) return;
@@ -141,6 +161,9 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>)
 
   const int32_t last = inside ? last_ids[pix] : -1;
   if (tid == 0) s_maxlast = -1;
+  if constexpr (DET) {
+    if (tid < 4) s_max[tid] = 0;
+  }
   __syncthreads();
   if (last >= 0) atomicMax(&s_maxlast, last);
   __syncthreads();
@@ -256,7 +279,10 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>)
             float* const base = k < 2 ? v_means2d : k < 5 ? v_conics : k < 6 ? v_opac2d : v_colors;
             const int64_t mul = k < 2 ? 2 : k < 5 ? 3 : k < 6 ? 1 : d.D;
             const int64_t add = k < 2 ? k : k < 5 ? k - 2 : k < 6 ? 0 : (color_base - img_base) * d.D + chan0 + (k - 6);
-            atomicAdd(base + (g * mul + add), sum);
+            if constexpr (DET)
+              det_add(det, s_max, k < 2 ? 0 : k < 5 ? 1 : k < 6 ? 2 : 3, base, g * mul + add, sum);
+            else
+              atomicAdd(base + (g * mul + add), sum);
           }
         } else {
           g_xy0 = warp_sum(g_xy0);
@@ -269,37 +295,60 @@ __global__ void __maxnreg__(kBwdMaxRegs<CH>)
           for (int q = 0; q < CH; ++q) g_col[q] = warp_sum(g_col[q]);
           if (lane == 0) {
             const int64_t g = s_id[t];
-            atomicAdd(v_means2d + 2 * g, g_xy0);
-            atomicAdd(v_means2d + 2 * g + 1, g_xy1);
-            atomicAdd(v_conics + 3 * g, g_c0);
-            atomicAdd(v_conics + 3 * g + 1, g_c1);
-            atomicAdd(v_conics + 3 * g + 2, g_c2);
-            atomicAdd(v_opac2d + g, g_op);
-            float* vc = v_colors + (color_base + (g - img_base)) * d.D + chan0;
+            const int64_t c0 = (color_base + (g - img_base)) * d.D + chan0;
+            if constexpr (DET) {
+              det_add(det, s_max, 0, v_means2d, 2 * g, g_xy0);
+              det_add(det, s_max, 0, v_means2d, 2 * g + 1, g_xy1);
+              det_add(det, s_max, 1, v_conics, 3 * g, g_c0);
+              det_add(det, s_max, 1, v_conics, 3 * g + 1, g_c1);
+              det_add(det, s_max, 1, v_conics, 3 * g + 2, g_c2);
+              det_add(det, s_max, 2, v_opac2d, g, g_op);
 #pragma unroll
-            for (int q = 0; q < CH; ++q)
-              if (q < nch) atomicAdd(vc + q, g_col[q]);
+              for (int q = 0; q < CH; ++q)
+                if (q < nch) det_add(det, s_max, 3, v_colors, c0 + q, g_col[q]);
+            } else {
+              atomicAdd(v_means2d + 2 * g, g_xy0);
+              atomicAdd(v_means2d + 2 * g + 1, g_xy1);
+              atomicAdd(v_conics + 3 * g, g_c0);
+              atomicAdd(v_conics + 3 * g + 1, g_c1);
+              atomicAdd(v_conics + 3 * g + 2, g_c2);
+              atomicAdd(v_opac2d + g, g_op);
+#pragma unroll
+              for (int q = 0; q < CH; ++q)
+                if (q < nch) atomicAdd(v_colors + c0 + q, g_col[q]);
+            }
           }
         }
       }
+    }
+  }
+  if constexpr (DET) {  // pass 1: the block's largest terms into the global maxima
+    if (det.pass == 1) {
+      __syncthreads();
+      if (tid < 4 && s_max[tid] != 0) atomicMax(det.maxbits + tid, s_max[tid]);
     }
   }
 }
 
 // Dynamic shared memory of one block (all of its shared memory): per thread one splat's id, geometry
 // and CH colour values, and the block's largest last id.
-template <int CH>
+// The deterministic kernels add the block's 4 largest terms (pass 1).
+template <int CH, bool DET = false>
 size_t shmem_bytes(int nt) {
-  return (size_t)nt * (sizeof(int32_t) + sizeof(float4) + sizeof(float3) + CH * sizeof(float)) + sizeof(int);
+  return (size_t)nt * (sizeof(int32_t) + sizeof(float4) + sizeof(float3) + CH * sizeof(float)) + sizeof(int) +
+         (DET ? 4 * sizeof(int) : 0);
 }
 
-// The backward's kernel family for render_launch.cuh.
-struct BwdKernels {
+// The backward's kernel families for render_launch.cuh: the usual one and the deterministic one.
+template <bool DET>
+struct BwdKernelsT {
   template <int CH>
-  static auto kernel() { return &render_bwd_kernel<CH>; }
+  static auto kernel() { return &render_bwd_kernel<CH, DET>; }
   template <int CH>
-  static size_t shmem(int nt) { return shmem_bytes<CH>(nt); }
+  static size_t shmem(int nt) { return shmem_bytes<CH, DET>(nt); }
 };
+using BwdKernels = BwdKernelsT<false>;
+using BwdDetKernels = BwdKernelsT<true>;
 
 // Zero the four gradient buffers of the render backward in one launch (blockIdx.y picks the buffer):
 // one kernel instead of four cudaMemsetAsync calls, each of which costs host time.
@@ -335,14 +384,18 @@ cudaError_t launch_render_bwd(const float* means2d, const float* conics, const f
                               int64_t n_isects, const Dims& d, const Split& sp, const float* final_Ts,
                               const int32_t* last_ids, const float* v_colors_out, const float* v_alphas_out,
                               GradStrides gs, float* v_means2d, float* v_conics, float* v_opac2d, float* v_colors,
-                              cudaStream_t stream) {
+                              const DetAccum* det, cudaStream_t stream) {
   if (d.B * d.C == 0 || n_isects == 0) return cudaSuccess;
-  return for_each_chunk<BwdKernels>(d, [&](auto ch, int chan0, int nch) {
-    return launch_chunk<BwdKernels, decltype(ch)::value>(
-        d, sp, stream, reinterpret_cast<const float2*>(means2d), conics, opac2d, colors, backgrounds, tile_offsets,
-        flatten_ids, (int32_t)n_isects, d, chan0, nch, sp, final_Ts, last_ids, v_colors_out, v_alphas_out, gs,
-        v_means2d, v_conics, v_opac2d, v_colors);
-  });
+  auto run = [&](auto family) {
+    using K = decltype(family);
+    return for_each_chunk<K>(d, [&](auto ch, int chan0, int nch) {
+      return launch_chunk<K, decltype(ch)::value>(
+          d, sp, stream, reinterpret_cast<const float2*>(means2d), conics, opac2d, colors, backgrounds, tile_offsets,
+          flatten_ids, (int32_t)n_isects, d, chan0, nch, sp, final_Ts, last_ids, v_colors_out, v_alphas_out, gs,
+          v_means2d, v_conics, v_opac2d, v_colors, det ? *det : DetAccum{});
+    });
+  };
+  return det ? run(BwdDetKernels{}) : run(BwdKernels{});
 }
 
 }  // namespace rasterize

@@ -469,15 +469,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cuda(
                         v_colors.data_ptr<float>()};
   const int64_t zn[4] = {v_means2d.numel(), v_conics.numel(), v_opac2d.numel(), v_colors.numel()};
   FFA_CHECK_CUDA(launch_zero4(zp, zn, stream), "rasterize zero4 kernel");
-  FFA_CHECK_CUDA(launch_render_bwd(means2d.data_ptr<float>(), conics.data_ptr<float>(), opac2d.data_ptr<float>(),
-                                   colors.data_ptr<float>(),
-                                   backgrounds.has_value() ? backgrounds->data_ptr<float>() : nullptr,
-                                   tile_offsets.data_ptr<int32_t>(), flatten_ids.data_ptr<int32_t>(),
-                                   flatten_ids.numel(), d, sp, final_Ts.data_ptr<float>(), last_ids.data_ptr<int32_t>(),
-                                   gc.t.data_ptr<float>(), ga.t.data_ptr<float>(), GradStrides{gc.pix, gc.ch, ga.pix},
-                                   v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(), v_opac2d.data_ptr<float>(),
-                                   v_colors.data_ptr<float>(), stream),
-                 "rasterize render_bwd kernel");
+  auto launch = [&](const DetAccum* det) {
+    FFA_CHECK_CUDA(launch_render_bwd(means2d.data_ptr<float>(), conics.data_ptr<float>(), opac2d.data_ptr<float>(),
+                                     colors.data_ptr<float>(),
+                                     backgrounds.has_value() ? backgrounds->data_ptr<float>() : nullptr,
+                                     tile_offsets.data_ptr<int32_t>(), flatten_ids.data_ptr<int32_t>(),
+                                     flatten_ids.numel(), d, sp, final_Ts.data_ptr<float>(),
+                                     last_ids.data_ptr<int32_t>(), gc.t.data_ptr<float>(), ga.t.data_ptr<float>(),
+                                     GradStrides{gc.pix, gc.ch, ga.pix}, v_means2d.data_ptr<float>(),
+                                     v_conics.data_ptr<float>(), v_opac2d.data_ptr<float>(),
+                                     v_colors.data_ptr<float>(), det, stream),
+                   "rasterize render_bwd kernel");
+  };
+  if (!at::globalContext().deterministicAlgorithms()) {
+    launch(nullptr);
+    return {v_means2d, v_conics, v_opac2d, v_colors};
+  }
+  // torch.use_deterministic_algorithms(True): two passes, fixed-point sums (DetAccum in rasterize.h)
+  at::Tensor maxbits = at::zeros({4}, means2d.options().dtype(at::kInt));
+  at::Tensor fx[4];
+  at::Tensor* grads[4] = {&v_means2d, &v_conics, &v_opac2d, &v_colors};
+  DetAccum det{1, maxbits.data_ptr<int32_t>(), {}};
+  for (int b = 0; b < 4; ++b) {
+    fx[b] = at::zeros(grads[b]->sizes(), means2d.options().dtype(at::kLong));
+    det.fx[b] = reinterpret_cast<unsigned long long*>(fx[b].data_ptr<int64_t>());
+  }
+  launch(&det);
+  det.pass = 2;
+  launch(&det);
+  // back to floats, all on the device (no host sync): term max m = mant * 2^ex, unit 2^(ex - kFixedBits)
+  const at::Tensor m = maxbits.view(at::kFloat);
+  const at::Tensor unit = at::exp2((std::get<1>(at::frexp(m)) - kFixedBits).to(at::kDouble));
+  const at::Tensor finite = at::isfinite(m);
+  for (int b = 0; b < 4; ++b)
+    *grads[b] = at::where(finite.select(0, b), (fx[b].to(at::kDouble) * unit.select(0, b)).to(at::kFloat), *grads[b]);
   return {v_means2d, v_conics, v_opac2d, v_colors};
 }
 

@@ -20,6 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (overrides the config's 'out')")
     p.add_argument("--steps", type=int, help="total steps (overrides the config's 'steps')")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-for-bit repeatable CUDA training (torch.use_deterministic_algorithms; slower)")
     p.set_defaults(run=run)
     return p
 
@@ -32,7 +34,8 @@ def run(args) -> int:
     from ..train.config import ConfigError, load_config
     from ..train.loop import train
     try:
-        cfg = load_config(args.config, out=args.out, steps=args.steps, resume=False if args.no_resume else None)
+        cfg = load_config(args.config, out=args.out, steps=args.steps, resume=False if args.no_resume else None,
+                          deterministic=True if args.deterministic else None)
     except ConfigError as exc:
         raise CliError("train", str(exc)) from None
     summary = train(cfg)

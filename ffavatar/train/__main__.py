@@ -18,10 +18,13 @@ def main(argv=None) -> int:
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this many seconds of training, checkpoint, and exit (resume later)")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-for-bit repeatable CUDA training (torch.use_deterministic_algorithms; slower)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, out=args.out, steps=args.steps, time_limit=args.time_limit,
-                          resume=False if args.no_resume else None)
+                          resume=False if args.no_resume else None,
+                          deterministic=True if args.deterministic else None)
     except ConfigError as exc:
         print(f"ffavatar.train: {exc}", file=sys.stderr)
         return 2

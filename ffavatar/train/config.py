@@ -60,6 +60,11 @@ class TrainConfig:
     of the step; on a CPU much faster than the kernel's exact CPU path);
     time_limit: seconds of training in this process (0: none); once a step ends past it, the run
     writes its checkpoint and returns, to be resumed later (machines lent for a fixed time);
+    deterministic: run under ``torch.use_deterministic_algorithms(True)`` (and
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set): the rasterizer's backward sums in fixed point,
+    skinning with a gradient runs as PyTorch operations, attention without atomics or autotuning, so
+    a CUDA run is bit-for-bit repeatable (at a cost: RELIABILITY.md, "Determinism"); CPU runs are
+    deterministic either way;
     data / loss: :class:`SyntheticConfig` / :class:`LossWeights`.
     """
     preset: str = "small"
@@ -87,6 +92,7 @@ class TrainConfig:
     progress: bool = True
     log_weight_digest: bool = False
     time_limit: float = 0.0
+    deterministic: bool = False
     attention: str = "kernel"
     flame: Optional[str] = None
     captures: list = field(default_factory=list)

@@ -179,9 +179,16 @@ def train(cfg: TrainConfig, *, stop_at: Optional[int] = None) -> dict:
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("nccl" if cuda else "gloo")
+    det_before = (torch.are_deterministic_algorithms_enabled(),
+                  torch.is_deterministic_algorithms_warn_only_enabled())
+    if cfg.deterministic:
+        # cuBLAS reads this when it creates a handle: set before the first matmul of the process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     try:
         return _train(cfg, rank, world, device, stop_at)
     finally:
+        torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
         if own_group:
             dist.destroy_process_group()
         torch.set_num_threads(threads)

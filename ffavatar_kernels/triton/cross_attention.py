@@ -53,8 +53,10 @@ AUTOTUNE_MIN_SCORES = 1 << 28
 
 
 def use_autotune(batch: int, heads: int, max_q: int, max_k: int) -> bool:
-    """Autotune big problems only; FFAVATAR_ATTN_AUTOTUNE=0/1 forces never/always."""
-    if INTERPRET:
+    """Autotune big problems only; FFAVATAR_ATTN_AUTOTUNE=0/1 forces never/always. Never under
+    torch.use_deterministic_algorithms(True): the tuned choice can differ between processes, and
+    with the block sizes the order of the sums."""
+    if INTERPRET or torch.are_deterministic_algorithms_enabled():
         return False
     mode = env.attn_autotune()
     if mode in ("0", "1"):

@@ -7,7 +7,8 @@
    transposes are needed: ``dV += P^T dO``, ``dK += dS^T Q``. With 81K queries and 5.5K keys there
    are only 43 key blocks x 16 heads = 688 long programs, so the query range is split over
    ``n_split`` programs (grid axis 2) chosen to give >= 16 programs per SM, and partial dK/dV are
-   reduced with fp32 atomics (plain stores when ``n_split == 1``; the result is then deterministic).
+   reduced with fp32 atomics (plain stores when ``n_split == 1``; the result is then deterministic,
+   and under ``torch.use_deterministic_algorithms(True)`` n_split is 1, with the fixed configs).
 3. ``_attn_bwd_dq_kernel``: one program per (query block, batch*head) looping over key blocks:
    ``dQ += dS K``. No atomics.
 
@@ -351,12 +352,16 @@ def attn_bwd(
 
     n_sms = _num_sms(q.device)
     min_blocks = 1 if INTERPRET else 4
+    # torch.use_deterministic_algorithms(True): dK / dV without atomics (use_autotune: fixed configs)
+    deterministic = torch.are_deterministic_algorithms_enabled()
 
     def grid_kv(meta):
         n_kblk = triton.cdiv(max_k, meta["BLOCK_N"])
         n_qblk = triton.cdiv(max_q, meta["BLOCK_M"])
         progs = n_kblk * batch * heads
         split = max(1, min(triton.cdiv(16 * n_sms, progs), n_qblk // min_blocks))
+        if deterministic:  # one program per key block: plain stores, no atomic order
+            split = 1
         return (n_kblk, batch * heads, split)
 
     common = (*layout_strides(q, packed_q), *layout_strides(k, packed_k),
