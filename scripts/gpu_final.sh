@@ -22,12 +22,14 @@ GSPLAT=1 source scripts/gpu_install.sh
 if ls "$RUN"/checkpoint.part* >/dev/null 2>&1; then
   cat "$RUN"/checkpoint.part* > "$RUN/checkpoint.safetensors" && rm -f "$RUN"/checkpoint.part*
 fi
-W="$OUT/default_small.safetensors"
+# WEIGHTS: evaluate this exported weights file (e.g. ffavatar/nn/default_small.safetensors) instead of
+# exporting the run's checkpoint
+W=${WEIGHTS:+$PWD/$WEIGHTS}; W=${W:-$OUT/default_small.safetensors}
 R=/tmp/ffa_run; rm -rf $R; mkdir -p $R; cp -r scripts benchmarks tests pyproject.toml $R/; RUNABS=$(cd "$RUN" && pwd); cd $R
 
 if [[ $STAGES == *eval* ]]; then
   stamp "export + evaluate"
-  "$PY" scripts/export_default_weights.py "$RUNABS/checkpoint.safetensors" --out "$W" | tee "$OUT/export.log"
+  [ -n "${WEIGHTS:-}" ] || "$PY" scripts/export_default_weights.py "$RUNABS/checkpoint.safetensors" --out "$W" | tee "$OUT/export.log"
   timeout ${EVAL_TIMEOUT:-150} "$PY" scripts/eval_default.py --weights "$W" --identities ${IDS:-32} --personalize ${PERS:-4} \
     --json "$OUT/eval.json" 2>&1 | tee "$OUT/eval.log" | tail -12
 fi
