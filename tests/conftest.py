@@ -9,6 +9,10 @@ import torch
 # The repository root on sys.path: the GPU tests use the benchmark scenes (benchmarks/scenes.py).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Deterministic-mode tests (test_deterministic.py) need cuBLAS's deterministic workspace setting,
+# which PyTorch reads once, at the process's first cuBLAS call: set it before any test runs.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 # Without a GPU, run the Triton kernels in the interpreter (must be set before triton is imported).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -161,17 +161,28 @@ cudaError_t launch_zero4(float* const p[4], const int64_t n[4], cudaStream_t str
 // Deterministic accumulation (torch.use_deterministic_algorithms(True)): the backward runs twice.
 // Pass 1 adds the gradients with float atomics as usual and records, per gradient buffer (kind 0..3:
 // means2d, conics, opacities, colours), the largest |warp sum| it added (float bits, atomicMax).
-// Pass 2 adds every warp sum again as a 64-bit fixed-point integer, round(v * 2^(kFixedBits - e))
-// with max|v| < 2^e: integer addition is associative, so the totals do not depend on the order of
-// the atomics. |each term| < 2^kFixedBits and at most 2^(62 - kFixedBits) terms reach one element,
-// so no sum overflows; the resolution is 2^-kFixedBits of the largest term of the buffer. The host
-// scales the integers back (a buffer whose largest term is not finite keeps pass 1's floats).
-constexpr int kFixedBits = 38;
+// Pass 2 adds every warp sum again as a 64-bit fixed-point integer, round(v * 2^(bits - e)) with
+// max|v| < 2^e: integer addition is associative, so the totals do not depend on the order of the
+// atomics. bits = 62 - ceil(log2(n)), n a bound on the terms that reach one element of the kind
+// (det_fixed_bits): |each term| < 2^bits, so no sum of n terms overflows, and the resolution is
+// 2^-bits of the kind's largest term (2^-49 at 512x512, one camera). The host scales the integers
+// back (a kind whose largest term is not finite keeps pass 1's floats).
 struct DetAccum {
   int pass;                    // 1 or 2 (the non-deterministic kernels ignore the struct)
   int* maxbits;                // [4] float bits of the largest |term| per kind (pass 1 writes, 2 reads)
   unsigned long long* fx[4];   // pass 2: fixed-point twins of v_means2d, v_conics, v_opac2d, v_colors
+  int bits[4];                 // fraction bits per kind (det_fixed_bits)
 };
+// Terms per element: one per (tile, warp) of the image for each channel chunk (geometry: at most D
+// chunks), and for colours shared by the C cameras of a scene (Cc == 1) one per camera as well.
+inline void det_fixed_bits(const Dims& d, int bits[4]) {
+  const int64_t per_image = (int64_t)d.tiles_x * d.tiles_y * (((int64_t)d.tile_size * d.tile_size + 31) / 32);
+  const int64_t n_geo = per_image * (d.D > 1 ? d.D : 1);
+  const int64_t n_col = per_image * (d.Cc == 1 ? d.C : 1);
+  auto ceil_log2 = [](int64_t n) { int b = 0; while ((int64_t(1) << b) < n) ++b; return b; };
+  bits[0] = bits[1] = bits[2] = 62 - ceil_log2(n_geo);
+  bits[3] = 62 - ceil_log2(n_col);
+}
 // det: nullptr for the usual float atomics (order-dependent rounding), else one pass of the above.
 cudaError_t launch_render_bwd(const float* means2d, const float* conics, const float* opac2d, const float* colors,
                               const float* backgrounds, const int32_t* tile_offsets, const int32_t* flatten_ids,

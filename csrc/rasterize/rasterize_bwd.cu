@@ -112,13 +112,15 @@ __device__ __forceinline__ void det_add(const DetAccum& det, int* s_max, int kin
     if (!(m <= 3.402823466e38f)) return;  // NaN / Inf somewhere: pass 1's result stands
     int ex;
     frexpf(m, &ex);  // m < 2^ex, and |v| <= m
-    const long long q = __double2ll_rn(ldexp((double)v, kFixedBits - ex));
+    const long long q = __double2ll_rn(ldexp((double)v, det.bits[kind] - ex));
     atomicAdd(det.fx[kind] + e, (unsigned long long)q);  // two's complement: signed sums wrap right
   }
 }
 
+// The deterministic kernels: 64 registers at most for CH <= 4, so that CH = 1 fits 32x32 tiles
+// (1,024 threads) and 16x16 tiles keep 4 blocks per SM (uncapped they take 64-77).
 template <int CH, bool DET>
-__global__ void __maxnreg__(DET ? 255 : kBwdMaxRegs<CH>)
+__global__ void __maxnreg__(DET ? (CH <= 4 ? 64 : 255) : kBwdMaxRegs<CH>)
     render_bwd_kernel(const float2* __restrict__ means2d, const float* __restrict__ conics,
                                   const float* __restrict__ opac2d, const float* __restrict__ colors,
                                   const float* __restrict__ backgrounds, const int32_t* __restrict__ tile_offsets,
@@ -295,7 +297,7 @@ __global__ void __maxnreg__(DET ? 255 : kBwdMaxRegs<CH>)
           for (int q = 0; q < CH; ++q) g_col[q] = warp_sum(g_col[q]);
           if (lane == 0) {
             const int64_t g = s_id[t];
-            const int64_t c0 = (color_base + (g - img_base)) * d.D + chan0;
+            const int64_t cbase = (color_base + (g - img_base)) * d.D + chan0;
             if constexpr (DET) {
               det_add(det, s_max, 0, v_means2d, 2 * g, g_xy0);
               det_add(det, s_max, 0, v_means2d, 2 * g + 1, g_xy1);
@@ -305,7 +307,7 @@ __global__ void __maxnreg__(DET ? 255 : kBwdMaxRegs<CH>)
               det_add(det, s_max, 2, v_opac2d, g, g_op);
 #pragma unroll
               for (int q = 0; q < CH; ++q)
-                if (q < nch) det_add(det, s_max, 3, v_colors, c0 + q, g_col[q]);
+                if (q < nch) det_add(det, s_max, 3, v_colors, cbase + q, g_col[q]);
             } else {
               atomicAdd(v_means2d + 2 * g, g_xy0);
               atomicAdd(v_means2d + 2 * g + 1, g_xy1);
@@ -315,7 +317,7 @@ __global__ void __maxnreg__(DET ? 255 : kBwdMaxRegs<CH>)
               atomicAdd(v_opac2d + g, g_op);
 #pragma unroll
               for (int q = 0; q < CH; ++q)
-                if (q < nch) atomicAdd(v_colors + c0 + q, g_col[q]);
+                if (q < nch) atomicAdd(v_colors + cbase + q, g_col[q]);
             }
           }
         }

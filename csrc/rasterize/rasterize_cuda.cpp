@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <vector>
 #include <cstdlib>
 
 #include "common/env.h"
@@ -489,7 +490,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cuda(
   at::Tensor maxbits = at::zeros({4}, means2d.options().dtype(at::kInt));
   at::Tensor fx[4];
   at::Tensor* grads[4] = {&v_means2d, &v_conics, &v_opac2d, &v_colors};
-  DetAccum det{1, maxbits.data_ptr<int32_t>(), {}};
+  DetAccum det{1, maxbits.data_ptr<int32_t>(), {}, {}};
+  det_fixed_bits(d, det.bits);
   for (int b = 0; b < 4; ++b) {
     fx[b] = at::zeros(grads[b]->sizes(), means2d.options().dtype(at::kLong));
     det.fx[b] = reinterpret_cast<unsigned long long*>(fx[b].data_ptr<int64_t>());
@@ -497,9 +499,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_bwd_cuda(
   launch(&det);
   det.pass = 2;
   launch(&det);
-  // back to floats, all on the device (no host sync): term max m = mant * 2^ex, unit 2^(ex - kFixedBits)
+  // back to floats, all on the device (no host sync): term max m = mant * 2^ex, unit 2^(ex - bits)
   const at::Tensor m = maxbits.view(at::kFloat);
-  const at::Tensor unit = at::exp2((std::get<1>(at::frexp(m)) - kFixedBits).to(at::kDouble));
+  const at::Tensor bits = at::tensor(std::vector<int32_t>(det.bits, det.bits + 4), at::kInt).to(m.device(), true);
+  const at::Tensor unit = at::exp2((std::get<1>(at::frexp(m)) - bits).to(at::kDouble));
   const at::Tensor finite = at::isfinite(m);
   for (int b = 0; b < 4; ++b)
     *grads[b] = at::where(finite.select(0, b), (fx[b].to(at::kDouble) * unit.select(0, b)).to(at::kFloat), *grads[b]);

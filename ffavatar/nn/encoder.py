@@ -157,6 +157,12 @@ class ViTEncoder(nn.Module):
             return pos
         cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
         grid = patch_pos.reshape(1, cfg.grid, cfg.grid, -1).permute(0, 3, 1, 2).float()
+        # bicubic resampling has no deterministic CUDA backward: under
+        # torch.use_deterministic_algorithms(True), resample this small grid on the CPU instead
+        cpu_detour = (grid.is_cuda and torch.is_grad_enabled() and pos.requires_grad
+                      and torch.are_deterministic_algorithms_enabled())
+        if cpu_detour:
+            grid = grid.cpu()
         if cfg.pos_offset is None:
             grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False,
                                  antialias=cfg.pos_antialias)
@@ -168,7 +174,7 @@ class ViTEncoder(nn.Module):
             if grid.shape[-2:] != (gh, gw):
                 raise RuntimeError(f"position embedding resampled to {tuple(grid.shape[-2:])}, "
                                    f"expected {(gh, gw)}")
-        patch_pos = grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+        patch_pos = grid.to(device=pos.device, dtype=pos.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
         return torch.cat([cls_pos, patch_pos], 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -182,7 +182,8 @@ def train(cfg: TrainConfig, *, stop_at: Optional[int] = None) -> dict:
     det_before = (torch.are_deterministic_algorithms_enabled(),
                   torch.is_deterministic_algorithms_warn_only_enabled())
     if cfg.deterministic:
-        # cuBLAS reads this when it creates a handle: set before the first matmul of the process
+        # PyTorch reads this at the process's first cuBLAS call (a process that multiplied on the GPU
+        # before gets PyTorch's error naming the variable: set it before starting then). Left set.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
