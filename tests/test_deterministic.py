@@ -86,26 +86,34 @@ def test_inactive_without_the_switch_or_on_cpu():
 
 
 def test_training_switch(tmp_path):
-    from ffavatar.train.config import TrainConfig
-    from ffavatar.train.loop import train
-    cfg = TrainConfig.from_dict({"preset": "tiny", "preset_overrides": {"max_queries": 64}, "steps": 1,
-                                 "eval_every": 0, "ckpt_every": 0, "out": str(tmp_path / "run"),
-                                 "progress": False, "threads": 1, "deterministic": True,
-                                 "data": {"image_size": 32, "num_targets": 2, "max_views": 1}})
+    """``deterministic`` (config key, ``--deterministic`` of both training commands) turns the switch
+    on for the run only."""
+    import json
+
+    import ffavatar.train.loop as loop
+    from ffavatar.cli.main import main as cli_main
+    from ffavatar.train.__main__ import main as module_main
+    cfg = {"preset": "tiny", "preset_overrides": {"max_queries": 64}, "steps": 1, "eval_every": 0,
+           "ckpt_every": 0, "progress": False, "threads": 1,
+           "data": {"image_size": 32, "num_targets": 2, "max_views": 1}}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
     before = torch.are_deterministic_algorithms_enabled()
     seen = []
-    import ffavatar.train.loop as loop
     real = loop._train
 
-    def spy(*a, **kw):
-        seen.append(torch.are_deterministic_algorithms_enabled())
-        return real(*a, **kw)
+    def spy(c, *a, **kw):
+        seen.append((c.deterministic, torch.are_deterministic_algorithms_enabled()))
+        return real(c, *a, **kw)
     loop._train = spy
     try:
-        train(cfg)
+        assert module_main([str(path), "--out", str(tmp_path / "a"), "--deterministic"]) == 0
+        assert cli_main(["train", str(path), "--out", str(tmp_path / "b"), "--deterministic"]) == 0
+        assert module_main([str(path), "--out", str(tmp_path / "c")]) == 0
     finally:
         loop._train = real
-    assert seen == [True] and torch.are_deterministic_algorithms_enabled() == before
+    assert seen == [(True, True), (True, True), (False, before)]
+    assert torch.are_deterministic_algorithms_enabled() == before
 
 
 # ---- CUDA -----------------------------------------------------------------------------------------
