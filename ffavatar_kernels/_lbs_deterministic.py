@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference.flame_lbs import _posed_rest, _rigid_chain, _to_rotmats
-from .reference.rotations import QUAT_EPS, matrix_to_quat, quat_mul
+from .reference.flame_lbs import _posed_gaussians, _posed_rest, _rigid_chain, _to_rotmats
 
 __all__ = ["active", "lbs", "skin"]
 
@@ -60,13 +59,4 @@ def skin(betas, pose, Jt, Jd, par, vt, sd, pd, W, idx, aw, off, q, means_only, w
     if off is not None:
         p = p + off
     Wu = (aw[:, :, None] * W.index_select(0, flat).reshape(N, K, -1)).sum(1)  # [N,J]
-    T = torch.einsum("nj,bjrc->bnrc", Wu, A[:, :, :3, :])  # [B,N,3,4]
-    means = (T[..., :3] @ p[..., None])[..., 0] + T[..., 3]
-    if q is None:
-        qg = torch.zeros(N, 4, dtype=means.dtype, device=means.device)
-        qg[:, 0] = 1
-    else:
-        qg = q / torch.clamp(q.norm(dim=-1, keepdim=True), min=QUAT_EPS)
-    if means_only:
-        return means, qg.expand(B, N, 4).clone()
-    return means, quat_mul(matrix_to_quat(T[..., :3]), qg.expand(B, N, 4))
+    return _posed_gaussians(torch.einsum("nj,bjrc->bnrc", Wu, A[:, :, :3, :]), p, q, means_only)

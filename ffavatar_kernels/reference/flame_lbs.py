@@ -124,14 +124,18 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
     v_posed, _, A = _lbs_core(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents,
                               lbs_weights)
     idx = anchor_idx.long()
-    B = betas.shape[0]
-    N = idx.shape[0]
     # p_u = sum_k w_k v_posed[i_k] + offset
     p = (anchor_weights[None, :, :, None] * v_posed[:, idx]).sum(2)  # [B,N,3]
     if offsets is not None:
         p = p + offsets
     Wu = (anchor_weights[:, :, None] * lbs_weights[idx]).sum(1)  # [N,J]
-    T = torch.einsum("nj,bjrc->bnrc", Wu, A[:, :, :3, :])  # [B,N,3,4]
+    return _posed_gaussians(torch.einsum("nj,bjrc->bnrc", Wu, A[:, :, :3, :]), p, quats, means_only)
+
+
+def _posed_gaussians(T, p, quats, means_only):
+    """Posed means [B,N,3] and quats [B,N,4] from the blended transforms T [B,N,3,4], the rest points
+    p [B,N,3] and the canonical quats [N,4] (any norm) or None (identity)."""
+    B, N = p.shape[:2]
     means = (T[..., :3] @ p[..., None])[..., 0] + T[..., 3]
     if quats is None:
         qg = torch.zeros(N, 4, dtype=means.dtype, device=means.device)
@@ -140,8 +144,7 @@ def skin_gaussians(betas, pose, v_template, shapedirs, posedirs, J_regressor, pa
         qg = quats / torch.clamp(quats.norm(dim=-1, keepdim=True), min=_QUAT_EPS)
     if means_only:
         return means, qg.expand(B, N, 4).clone()
-    qT = matrix_to_quat(T[..., :3])
-    return means, quat_mul(qT, qg.expand(B, N, 4))
+    return means, quat_mul(matrix_to_quat(T[..., :3]), qg.expand(B, N, 4))
 
 
 def shape_template(v_template, shapedirs, betas_shape):
